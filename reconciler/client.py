@@ -1,0 +1,184 @@
+"""The one door to MoEngage's Cohort Sync API.
+
+Every `requests` exception is wrapped here into the project's own types, classified by what the
+caller does next (errors.py). Batches are sent one at a time through a shared rate limiter; a
+batch is only reported acknowledged after a 200, so the caller commits exactly what MoEngage took.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import requests
+
+from reconciler.batching import Batch
+from reconciler.errors import (
+    ApiError,
+    CohortApiError,
+    FatalApiError,
+    PayloadTooLarge,
+    TemporaryApiError,
+)
+from reconciler.ratelimit import SlidingWindowLimiter
+from reconciler.settings import MoEngageSettings
+
+log = logging.getLogger(__name__)
+MAX_THROTTLED = 100  # consecutive 429s on one batch before we give up on it
+
+
+@dataclass
+class ClientStats:
+    """Counters for history and metrics; read, never reset, by the caller."""
+
+    statuses: Counter[str] = field(default_factory=Counter)  # "200", "429", "error" ...
+    retries: int = 0
+    throttled: int = 0
+    splits: int = 0
+    bytes_sent: int = 0
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
+
+
+class MoEngageClient:
+    """Sends batches with auth, keep-alive, timeouts, rate limiting and retries."""
+
+    def __init__(
+        self,
+        settings: MoEngageSettings,
+        *,
+        limiter: SlidingWindowLimiter | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter or SlidingWindowLimiter(settings.rate_limit)
+        self.stats = ClientStats()
+        self._session = session or requests.Session()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        token = f"{settings.workspace_id}:{settings.api_key.reveal()}".encode()
+        self._headers = {
+            "Authorization": "Basic " + base64.b64encode(token).decode("ascii"),
+            "MOE-APPKEY": settings.workspace_id,
+            "Content-Type": "application/json",
+            "User-Agent": "cohortsync",
+        }
+
+    def __repr__(self) -> str:
+        return f"MoEngageClient({self.settings.url!r}, workspace={self.settings.workspace_id!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "MoEngageClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, batch: Batch) -> Iterator[Batch]:
+        """Send one packed batch; yield each part MoEngage acknowledged (parts only after a 413)."""
+        pending = [batch]
+        while pending:
+            part = pending.pop(0)
+            try:
+                self._send_with_retries(part)
+            except PayloadTooLarge as exc:
+                if len(part.uids) <= 1:
+                    raise CohortApiError(exc.message, status=413, request_id=exc.request_id) from exc
+                self.stats.splits += 1
+                log.warning("cohort %s: 413 for %d uids, splitting", part.envelope.cohort_id, len(part.uids))
+                pending[:0] = part.split()
+                continue
+            yield part
+
+    def _send_with_retries(self, batch: Batch) -> None:
+        attempt = throttled = 0
+        while True:
+            try:
+                return self._post(batch)
+            except TemporaryApiError as exc:
+                if exc.status == 429 and throttled < MAX_THROTTLED:
+                    throttled += 1
+                    self.stats.throttled += 1
+                    delay = exc.delay if exc.delay is not None else self._backoff(min(throttled, 6))
+                elif exc.status != 429 and attempt < self.settings.max_retries:
+                    attempt += 1
+                    self.stats.retries += 1
+                    delay = exc.delay if exc.delay is not None else self._backoff(attempt)
+                else:
+                    raise
+                log.info("cohort %s: %s; retrying in %.2fs", batch.envelope.cohort_id, exc, delay)
+                self._sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
+        return self._rng.uniform(cap / 2, cap)
+
+    def _post(self, batch: Batch) -> None:
+        with self.limiter.slot():
+            try:
+                resp = self._session.post(
+                    self.settings.url, data=batch.body, headers=self._headers, timeout=self.settings.timeout
+                )
+            except requests.Timeout as exc:
+                self.stats.statuses["timeout"] += 1
+                raise TemporaryApiError(f"timed out after {self.settings.timeout:g}s") from exc
+            except requests.RequestException as exc:
+                self.stats.statuses["error"] += 1
+                raise TemporaryApiError(f"connection failed ({type(exc).__name__})") from exc
+        self.stats.statuses[str(resp.status_code)] += 1
+        self.stats.bytes_sent += len(batch.body)
+        if resp.status_code != 200:
+            raise classify(resp)
+
+
+def classify(resp: requests.Response) -> ApiError:
+    """Turn a non-200 answer into the exception that tells the caller what to do."""
+    status = resp.status_code
+    message, request_id, attribute = _error_fields(resp)
+    kw = {"status": status, "request_id": request_id, "attribute": attribute}
+    if status == 429:
+        return TemporaryApiError(message, delay=retry_after(resp.headers.get("Retry-After")), **kw)
+    if status in (401, 403):
+        return FatalApiError(message, **kw)  # type: ignore[arg-type]
+    if status == 413:
+        return PayloadTooLarge(message, **kw)  # type: ignore[arg-type]
+    if status >= 500 or status == 408:
+        return TemporaryApiError(message, delay=retry_after(resp.headers.get("Retry-After")), **kw)
+    return CohortApiError(message, **kw)  # type: ignore[arg-type]
+
+
+def _error_fields(resp: requests.Response) -> tuple[str, str | None, str | None]:
+    try:
+        error = resp.json().get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    message = str(error.get("message") or resp.reason or "unexpected answer")
+    return message, error.get("request_id"), error.get("attribute")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

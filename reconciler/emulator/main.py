@@ -1,0 +1,60 @@
+"""`cohortsync emulator`: run the stand-in server until stopped."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer, load_users
+from reconciler.emulator.store import SegmentStore
+from reconciler.settings import RateLimit, parse_duration
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default: 8080)")
+    p.add_argument("--workspace-id", help="only this workspace id passes auth (with --api-key)")
+    p.add_argument("--api-key", help="only this Data API key passes auth (with --workspace-id)")
+    p.add_argument("--users", metavar="FILE", help="uids MoEngage knows, one a line; others are accepted, not matched")
+    p.add_argument("--db", metavar="PATH", default=":memory:", help="SQLite file for segments (default: in memory)")
+    p.add_argument("--rate-limit", default="300/60s", type=RateLimit.parse, help="N/Ss sliding window (default: 300/60s)")
+    p.add_argument("--max-payload-bytes", type=int, default=128_000, help="request body limit (default: 128000)")
+    p.add_argument("--suspended", action="store_true", help="answer 403 to everything, as for a suspended account")
+    p.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
+    p.add_argument("--throttle-rate", type=float, default=0.0, help="fraction answered 429 with Retry-After")
+    p.add_argument("--retry-after", type=parse_duration, default=1.0, help="Retry-After of injected 429s (default 1s)")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="fraction of connections closed with no answer")
+    p.add_argument("--latency", type=parse_duration, default=0.0, help="added to every API request, e.g. 50ms")
+    p.add_argument("--seed", type=int, help="seed for fault injection, for reproducible runs")
+
+
+def build_server(args: argparse.Namespace) -> EmulatorServer:
+    config = EmulatorConfig(
+        workspace_id=args.workspace_id, api_key=args.api_key, rate_limit=args.rate_limit,
+        max_payload_bytes=args.max_payload_bytes, suspended=args.suspended, error_rate=args.error_rate,
+        throttle_rate=args.throttle_rate, drop_rate=args.drop_rate, latency=args.latency,
+        retry_after=args.retry_after, seed=args.seed,
+    )
+    users = load_users(args.users) if args.users else None
+    return EmulatorServer((args.host, args.port), Emulator(config, SegmentStore(args.db), users))
+
+
+def run(args: argparse.Namespace) -> int:
+    server = build_server(args)
+    print(f"cohortsync emulator listening on {server.url}", flush=True)
+    stop = threading.Event()
+
+    def _stop(*_: object) -> None:
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        server.emulator.store.close()
+    print("cohortsync emulator stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,339 @@
+"""The emulator's HTTP side: MoEngage's checks and answers, plus seeded fault injection.
+
+Order of checks, as a gateway in front of the real service would apply them: latency, a
+dropped connection, auth (401), a suspended account (403), the rate window (429), the
+content type (415), the body size (413), JSON and fields (400), injected 500s and 429s, then the
+segment change. Only accepted requests count in the rate window.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import math
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+from reconciler.batching import ACTIONS
+from reconciler.emulator.store import SegmentStore
+from reconciler.rules import cohort_name_problem
+from reconciler.settings import RateLimit
+
+log = logging.getLogger(__name__)
+API_PATH = "/v1/integrations/cohortsync"
+
+
+@dataclass
+class EmulatorConfig:
+    """What the emulator accepts and which faults it injects; changeable at run time."""
+
+    workspace_id: str | None = None  # when set with api_key, only these credentials pass
+    api_key: str | None = None
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(300, 60.0))
+    max_payload_bytes: int = 128_000
+    suspended: bool = False  # 403 for every request
+    error_rate: float = 0.0  # fraction answered 500
+    throttle_rate: float = 0.0  # fraction answered 429 with Retry-After
+    drop_rate: float = 0.0  # fraction whose connection is closed with no answer
+    latency: float = 0.0  # seconds added to every API request
+    retry_after: float = 1.0  # seconds, sent with injected 429s
+    seed: int | None = None
+
+    def update(self, changes: dict) -> None:
+        for key, value in changes.items():
+            if key == "rate_limit":
+                value = RateLimit.parse(value)
+            elif not hasattr(self, key) or key == "seed":
+                raise ValueError(f"unknown setting {key!r}")
+            setattr(self, key, value)
+
+
+class Emulator:
+    """State shared by the handler threads."""
+
+    def __init__(self, config: EmulatorConfig, store: SegmentStore, users: set[str] | None = None) -> None:
+        self.config, self.store, self.users = config, store, users
+        self.rng = random.Random(config.seed)
+        self.lock = threading.Lock()
+        self.window: deque[float] = deque()
+        self.requests: list[dict] = []
+
+    def roll(self, rate: float) -> bool:
+        if rate <= 0:
+            return False
+        with self.lock:
+            return self.rng.random() < rate
+
+    def admit(self) -> float | None:
+        """Count a request in the sliding window; seconds to wait when the window is full."""
+        limit = self.config.rate_limit
+        with self.lock:
+            now = time.monotonic()
+            while self.window and self.window[0] <= now - limit.window:
+                self.window.popleft()
+            if len(self.window) >= limit.requests:
+                return self.window[0] + limit.window - now
+            self.window.append(now)
+            return None
+
+    def record(self, **entry: object) -> None:
+        with self.lock:
+            self.requests.append({"time": time.time(), **entry})
+
+    def reset(self) -> None:
+        self.store.reset()
+        with self.lock:
+            self.window.clear()
+            self.requests.clear()
+
+
+class Reply(Exception):
+    """An error answer in MoEngage's documented shape."""
+
+    def __init__(self, status: int, message: str, attribute: str = "", type_: str = "", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.attribute, self.type = status, message, attribute, type_
+        self.headers = headers or {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "EmulatorServer"
+
+    def log_message(self, fmt: str, *args: object) -> None:  # quiet: the request log is at /_emulator/requests
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    # --- routing -------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        if path == API_PATH:
+            self._api()
+        elif path == "/_emulator/reset":
+            self.server.emulator.reset()
+            self._json(200, {"status": "reset"})
+        elif path == "/_emulator/config":
+            self._configure()
+        else:
+            self._discard_body()
+            self._json(404, {"status": "fail", "error": {"message": f"no route {path}"}})
+
+    def do_GET(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        emu = self.server.emulator
+        if path == "/_emulator/cohorts":
+            self._json(200, {"cohorts": emu.store.segments()})
+        elif path.startswith("/_emulator/cohorts/"):
+            seg = emu.store.segment(path[len("/_emulator/cohorts/"):])
+            self._json(200 if seg else 404, seg or {"error": "no such cohort"})
+        elif path == "/_emulator/requests":
+            with emu.lock:
+                self._json(200, {"requests": list(emu.requests)})
+        elif path == "/_emulator/healthz":
+            self._json(200, {"status": "ok"})
+        else:
+            self._json(404, {"error": f"no route {path}"})
+
+    # --- the API ----------------------------------------------------------------------------
+    def _api(self) -> None:
+        emu, cfg = self.server.emulator, self.server.emulator.config
+        started = time.time()
+        if cfg.latency > 0:
+            time.sleep(cfg.latency)
+        drop = emu.roll(cfg.drop_rate)
+        drop_after = drop and emu.roll(0.5)
+        entry: dict = {"action": None, "cohort_id": None, "members": 0, "bytes": 0}
+        try:
+            if drop and not drop_after:
+                raise ConnectionAbortedError
+            body = self._checked_body(entry)
+            self._apply(body)
+            if drop_after:
+                raise ConnectionAbortedError
+            emu.record(**entry, status=200, elapsed=time.time() - started)
+            self._json(200, {"status": "success", "message": "Your request has been accepted and will be processed soon."})
+        except Reply as reply:
+            emu.record(**entry, status=reply.status, elapsed=time.time() - started)
+            self._error(reply)
+        except ConnectionAbortedError:
+            emu.record(**entry, status="dropped", elapsed=time.time() - started)
+            self._drop()
+
+    def _checked_body(self, entry: dict) -> dict:
+        emu, cfg = self.server.emulator, self.server.emulator.config
+        self._check_auth()
+        if cfg.suspended:
+            self._discard_body()
+            raise Reply(403, "Your account is suspended or blocked", "", "Forbidden")
+        wait = emu.admit()
+        if wait is not None:
+            self._discard_body()
+            raise Reply(429, f"Rate limit of {cfg.rate_limit} exceeded", "", "RateLimitExceeded",
+                        {"Retry-After": str(max(1, math.ceil(wait)))})
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            self._discard_body()
+            raise Reply(415, "Content-Type must be application/json", "Content-Type", "UnsupportedMediaType")
+        raw = self._read_body(cfg.max_payload_bytes)
+        entry["bytes"] = len(raw)
+        body = validate_body(raw)
+        params = body["parameters"]
+        entry.update(action=body["action"], cohort_id=params["cohort_id"], members=len(params["members"]))
+        if emu.roll(cfg.error_rate):
+            raise Reply(500, "Internal server error (injected)", "", "InternalServerError")
+        if emu.roll(cfg.throttle_rate):
+            raise Reply(429, "Rate limit exceeded (injected)", "", "RateLimitExceeded",
+                        {"Retry-After": f"{cfg.retry_after:g}"})
+        return body
+
+    def _check_auth(self) -> None:
+        cfg = self.server.emulator.config
+        header = self.headers.get("Authorization") or ""
+        appkey = self.headers.get("MOE-APPKEY") or ""
+        user, password = _basic(header)
+        if user is None or not user or not password:
+            self._discard_body()
+            raise Reply(401, "Authentication required: Basic auth with workspace id and Data API key", "Authorization", "Unauthorized")
+        if appkey != user:
+            self._discard_body()
+            raise Reply(401, "MOE-APPKEY must equal the Basic auth username", "MOE-APPKEY", "Unauthorized")
+        if cfg.workspace_id is not None and cfg.api_key is not None and not (
+            hmac.compare_digest(user, cfg.workspace_id) and hmac.compare_digest(password, cfg.api_key)
+        ):
+            self._discard_body()
+            raise Reply(401, "Invalid workspace id or API key", "Authorization", "Unauthorized")
+
+    def _apply(self, body: dict) -> None:
+        emu = self.server.emulator
+        params = body["parameters"]
+        uids = [m["uid"] for m in params["members"]]
+        matched = uids if emu.users is None else [u for u in uids if u in emu.users]
+        emu.store.apply(body["action"], body["partner"], params["cohort_id"], params["cohort_name"],
+                        params.get("cohort_description"), matched, len(uids) - len(matched))
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _read_body(self, limit: int) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise Reply(400, "Content-Length is not a number", "Content-Length", "BadRequest")
+        if length > limit:
+            self.close_connection = True  # do not read a body we refuse
+            raise Reply(413, f"Payload of {length} bytes exceeds the limit of {limit} bytes", "body", "PayloadTooLarge")
+        return self.rfile.read(length)
+
+    def _discard_body(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if length > 4 * 1024 * 1024:
+            self.close_connection = True
+        elif length:
+            self.rfile.read(length)
+
+    def _configure(self) -> None:
+        try:
+            self.server.emulator.config.update(json.loads(self._read_body(1 << 20) or b"{}"))
+        except (ValueError, TypeError, Reply) as exc:
+            self._json(400, {"error": str(exc)})
+            return
+        self._json(200, {"status": "ok"})
+
+    def _error(self, reply: Reply) -> None:
+        error = {"attribute": reply.attribute, "message": reply.message, "type": reply.type,
+                 "request_id": uuid.uuid4().hex}
+        self._json(reply.status, {"status": "fail", "error": error}, reply.headers)
+
+    def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _basic(header: str) -> tuple[str | None, str]:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None, ""
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None, ""
+    return (user, password) if sep else (None, "")
+
+
+def validate_body(raw: bytes) -> dict:
+    """MoEngage's documented body checks; a Reply(400) names the attribute at fault."""
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Reply(400, f"Malformed JSON: {exc}", "body", "InvalidJSON")
+    if not isinstance(body, dict):
+        raise Reply(400, "The body must be a JSON object", "body", "ValidationError")
+    _require_str(body, "action", "action")
+    if body["action"] not in ACTIONS:
+        raise Reply(400, f"action must be one of {', '.join(ACTIONS)}", "action", "ValidationError")
+    _require_str(body, "partner", "partner")
+    params = body.get("parameters")
+    if not isinstance(params, dict):
+        raise Reply(400, "parameters is required and must be an object", "parameters", "ValidationError")
+    _require_str(params, "cohort_id", "parameters.cohort_id")
+    _require_str(params, "cohort_name", "parameters.cohort_name")
+    problem = cohort_name_problem(params["cohort_name"])
+    if problem:
+        raise Reply(400, problem, "parameters.cohort_name", "ValidationError")
+    if "cohort_description" in params and not isinstance(params["cohort_description"], str):
+        raise Reply(400, "cohort_description must be a string", "parameters.cohort_description", "ValidationError")
+    members = params.get("members")
+    if not isinstance(members, list) or not members:
+        raise Reply(400, "members is required and must be a non-empty list", "parameters.members", "ValidationError")
+    for i, member in enumerate(members):
+        if not isinstance(member, dict) or not isinstance(member.get("uid"), str) or not member["uid"]:
+            raise Reply(400, 'each member must be {"uid": "<non-empty string>"}', f"parameters.members[{i}]", "ValidationError")
+    return body
+
+
+def _require_str(obj: dict, key: str, attribute: str) -> None:
+    if not isinstance(obj.get(key), str) or not obj[key]:
+        raise Reply(400, f"{attribute} is required and must be a non-empty string", attribute, "ValidationError")
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+        self.emulator = emulator
+        super().__init__(address, Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def load_users(path: str) -> set[str]:
+    with open(path, encoding="utf-8") as fh:
+        return {line.strip() for line in fh if line.strip()}

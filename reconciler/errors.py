@@ -1,0 +1,92 @@
+"""The project's exceptions, classified by what the caller does next.
+
+Library exceptions (requests, SQLAlchemy, yaml) are wrapped into these where they are caught,
+so callers never handle a dependency's types. The CLI turns each into one actionable sentence.
+"""
+from __future__ import annotations
+
+
+class CohortSyncError(Exception):
+    """Base of every error cohortsync reports to a user."""
+
+
+class ConfigError(CohortSyncError):
+    """The operator config is unusable; names the file and the key."""
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None) -> None:
+        self.file, self.field, self.message = file, field, message
+        where = ": ".join(p for p in (file, field) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class SpecError(CohortSyncError):
+    """One problem in one cohort spec; a spec can have several, reported together."""
+
+    def __init__(self, file: str, field: str, message: str, line: int | None = None) -> None:
+        self.file, self.field, self.message, self.line = file, field, message, line
+        loc = f"{file}:{line}" if line else file
+        super().__init__(f"{loc}: {field}: {message}" if field else f"{loc}: {message}")
+
+
+class SpecErrors(CohortSyncError):
+    """Every problem found in a set of specs, so one run reports them all."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class SourceError(CohortSyncError):
+    """A cohort's source could not be read: that cohort fails, nothing is removed."""
+
+    def __init__(self, cohort_id: str, message: str) -> None:
+        self.cohort_id, self.message = cohort_id, message
+        super().__init__(f"cohort {cohort_id}: {message}")
+
+
+class StateError(CohortSyncError):
+    """The state database is unreachable or not ours."""
+
+
+class LeaseHeld(CohortSyncError):
+    """Another writer holds the state lease."""
+
+
+class ApiError(CohortSyncError):
+    """An answer from MoEngage (or no answer at all) that was not a success."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        attribute: str | None = None,
+    ) -> None:
+        self.status, self.request_id, self.attribute, self.message = status, request_id, attribute, message
+        parts = [f"HTTP {status}" if status else "no response", message]
+        if attribute:
+            parts.append(f"(attribute {attribute})")
+        if request_id:
+            parts.append(f"[request_id {request_id}]")
+        super().__init__(" ".join(parts))
+
+
+class TemporaryApiError(ApiError):
+    """Retry later: 429, 5xx, a dropped connection, a timeout."""
+
+    def __init__(self, message: str, *, delay: float | None = None, **kw: object) -> None:
+        self.delay = delay
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class PayloadTooLarge(ApiError):
+    """413: the batch must be split."""
+
+
+class CohortApiError(ApiError):
+    """Fails this cohort's run (400, an unsendable uid); other cohorts go on."""
+
+
+class FatalApiError(ApiError):
+    """401/403: nothing more can succeed in this run."""

@@ -1,0 +1,60 @@
+"""Start `cohortsync emulator` as a real process on a free loopback port, and talk to it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+
+class EmulatorProcess:
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        cmd = [sys.executable, "-m", "reconciler", "emulator", "--port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"emulator did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = line.rsplit(" ", 1)[1].strip()
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            return json.load(resp)
+
+    def post(self, path: str, payload: dict | None = None) -> Any:
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload or {}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+
+    def members(self, cohort_id: str) -> list[str]:
+        try:
+            return self.get(f"/_emulator/cohorts/{cohort_id}")["members"]
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return []
+            raise
+
+    def segments(self) -> dict[str, dict]:
+        return {s["cohort_id"]: s for s in self.get("/_emulator/cohorts")["cohorts"]}
+
+    def requests(self) -> list[dict]:
+        return self.get("/_emulator/requests")["requests"]
+
+    def configure(self, **changes: Any) -> None:
+        self.post("/_emulator/config", changes)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
