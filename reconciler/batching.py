@@ -67,37 +67,65 @@ class Batch:
         return f"Batch({self.envelope.action} {self.envelope.cohort_id}: {len(self.uids)} uids, {len(self.body)} bytes)"
 
 
+class Packer:
+    """Greedy packing, one uid at a time: `add` hands back a batch each time one is full."""
+
+    def __init__(self, envelope: Envelope, max_bytes: int) -> None:
+        self.envelope, self.max_bytes = envelope, max_bytes
+        self._head, self._tail = envelope.frame()
+        self._budget = max_bytes - len(self._head) - len(self._tail)
+        if self._budget <= 0:
+            raise CohortApiError(
+                f"cohort {envelope.cohort_id}: the request envelope alone is "
+                f"{len(self._head) + len(self._tail)} bytes, over max_payload_bytes={max_bytes}"
+            )
+        self._parts: list[bytes] = []
+        self._uids: list[str] = []
+        self._used = 0
+        self.batches = 0  # batches handed out so far, by add and finish
+
+    def add(self, uid: str) -> Batch | None:
+        part = _member(self.envelope, uid)
+        full = self._close() if self._parts and self._used + 1 + len(part) > self._budget else None
+        size = len(part) + (1 if self._parts else 0)
+        if size > self._budget:
+            raise CohortApiError(
+                f"cohort {self.envelope.cohort_id}: uid {uid[:40]!r} is {len(part)} bytes as JSON and cannot "
+                f"fit in a {self.max_bytes}-byte request; shorten it or raise moengage.max_payload_bytes"
+            )
+        self._parts.append(part)
+        self._uids.append(uid)
+        self._used += size
+        return full
+
+    @property
+    def requests(self) -> int:
+        """Requests needed for everything added so far, the open batch included."""
+        return self.batches + (1 if self._parts else 0)
+
+    def finish(self) -> Batch | None:
+        return self._close() if self._parts else None
+
+    def _close(self) -> Batch:
+        batch = Batch(self.envelope, tuple(self._uids), self._head + b",".join(self._parts) + self._tail)
+        self._parts, self._uids, self._used = [], [], 0
+        self.batches += 1
+        return batch
+
+
 def pack(envelope: Envelope, uids: Iterable[str], max_bytes: int) -> Iterator[Batch]:
     """Yield batches in stream order, each body at most `max_bytes`.
 
     A uid that cannot fit even alone raises CohortApiError: that cohort fails, the run goes on.
     """
-    head, tail = envelope.frame()
-    budget = max_bytes - len(head) - len(tail)
-    if budget <= 0:
-        raise CohortApiError(
-            f"cohort {envelope.cohort_id}: the request envelope alone is {len(head) + len(tail)} bytes, "
-            f"over max_payload_bytes={max_bytes}"
-        )
-    parts: list[bytes] = []
-    uids_in: list[str] = []
-    used = 0
+    packer = Packer(envelope, max_bytes)
     for uid in uids:
-        part = _member(envelope, uid)
-        if parts and used + 1 + len(part) > budget:
-            yield Batch(envelope, tuple(uids_in), head + b",".join(parts) + tail)
-            parts, uids_in, used = [], [], 0
-        size = len(part) + (1 if parts else 0)
-        if size > budget:
-            raise CohortApiError(
-                f"cohort {envelope.cohort_id}: uid {uid[:40]!r} is {len(part)} bytes as JSON and cannot fit "
-                f"in a {max_bytes}-byte request; shorten it or raise moengage.max_payload_bytes"
-            )
-        parts.append(part)
-        uids_in.append(uid)
-        used += size
-    if parts:
-        yield Batch(envelope, tuple(uids_in), head + b",".join(parts) + tail)
+        batch = packer.add(uid)
+        if batch is not None:
+            yield batch
+    last = packer.finish()
+    if last is not None:
+        yield last
 
 
 def _member(envelope: Envelope, uid: str) -> bytes:

@@ -5,28 +5,75 @@ import argparse
 import logging
 import sys
 
-from reconciler import __version__
+from reconciler import __version__, commands, demo
 from reconciler.emulator import main as emulator_main
-from reconciler.errors import CohortSyncError
+from reconciler.errors import CohortSyncError, SpecErrors
+
+DESCRIPTION = "Keep MoEngage custom segments equal to the cohorts declared in git."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cohortsync", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="operator config (default: ./cohortsync.yaml if present)")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser = argparse.ArgumentParser(prog="cohortsync", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"cohortsync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    emu = sub.add_parser("emulator", help="a local stand-in for the MoEngage API")
-    emulator_main.add_arguments(emu)
-    emu.set_defaults(func=emulator_main.run)
+
+    p = sub.add_parser("validate", parents=[common], help="check every spec and the config")
+    p.set_defaults(func=commands.validate)
+
+    p = sub.add_parser("plan", parents=[common], help="show what apply would send, per cohort")
+    _selection(p)
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 when something does")
+    p.set_defaults(func=commands.plan)
+
+    p = sub.add_parser("apply", parents=[common], help="reconcile now")
+    _selection(p)
+    p.add_argument("--dry-run", action="store_true", help="plan and report, send nothing, write nothing")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=commands.apply)
+
+    p = sub.add_parser("status", parents=[common], help="per cohort: synced members, last run, last error")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=commands.status)
+
+    p = sub.add_parser("history", parents=[common], help="past runs with counts")
+    p.add_argument("--cohort", metavar="ID")
+    p.add_argument("--limit", type=int, default=20, metavar="N")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=commands.history)
+
+    p = sub.add_parser("emulator", parents=[common], help="a local stand-in for the MoEngage API")
+    emulator_main.add_arguments(p)
+    p.set_defaults(func=emulator_main.run)
+
+    p = sub.add_parser("demo", parents=[common], help="the example cohorts applied to the emulator, end to end")
+    p.set_defaults(func=demo.run)
     return parser
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
+    p.add_argument("--force", action="store_true", help="go past the guards (allow_empty, max_removals)")
+    p.add_argument("--prune", action="store_true", help="empty cohorts whose spec was deleted")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
+    except SpecErrors as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except CohortSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `cohortsync plan | head`
+        sys.stderr.close()
+        return 0

@@ -90,3 +90,9 @@ class CohortApiError(ApiError):
 
 class FatalApiError(ApiError):
     """401/403: nothing more can succeed in this run."""
+
+
+def short_message(exc: BaseException) -> str:
+    """A driver's own message, first line, without SQLAlchemy's statement and parameter dump."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]

@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.emulator_process import EmulatorProcess
+from reconciler.emulator.process import EmulatorProcess
 
 WORKSPACE = "WS_TEST_1234"
 API_KEY = "key-s3cr3t-DO-NOT-LOG"

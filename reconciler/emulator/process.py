@@ -1,4 +1,7 @@
-"""Start `cohortsync emulator` as a real process on a free loopback port, and talk to it."""
+"""Start `cohortsync emulator` as a real process on a free loopback port, and talk to it.
+
+The demo, the tests and the benchmarks all use this, so each runs against a real server.
+"""
 from __future__ import annotations
 
 import json
@@ -6,19 +9,22 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 
 class EmulatorProcess:
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, stderr: Path | None = None) -> None:
         cmd = [sys.executable, "-m", "reconciler", "emulator", "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        self._stderr = open(stderr, "ab") if stderr else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                      env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             self.proc.kill()
-            raise RuntimeError(f"emulator did not start: {line!r} {self.proc.stderr.read()}")
+            raise RuntimeError(f"emulator did not start (exit {self.proc.wait()}): {line!r}")
         self.url = line.rsplit(" ", 1)[1].strip()
 
     def get(self, path: str) -> Any:
@@ -56,5 +62,12 @@ class EmulatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        self.proc.stdout.close()
+        if self._stderr is not subprocess.DEVNULL:
+            self._stderr.close()
+
+    def __enter__(self) -> "EmulatorProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

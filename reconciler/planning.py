@@ -1,0 +1,159 @@
+"""Computing plans: the I/O around the pure diff (sources in, state in, changes spilled out).
+
+A plan streams: desired and synced uids are merged in order, and the adds and removes are
+written to temporary files as they are found, counted and packed into a request estimate on
+the way. Memory stays bounded; apply then reads the spilled changes back.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from reconciler.batching import Envelope, Packer
+from reconciler.diffs import ADD, Tally, merge_diff
+from reconciler.errors import CohortApiError, SourceError, StateError
+from reconciler.ordering import OutOfOrder, checked, external_sort
+from reconciler.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
+from reconciler.settings import Settings
+from reconciler.sources import Engines, open_source
+from reconciler.specs import CohortSpec
+from reconciler.state import CohortRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class Spill:
+    """Uids of one action, in order, in a temporary file: counted, sampled, read back once or more."""
+
+    def __init__(self, envelope: Envelope, max_bytes: int) -> None:
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-plan-")
+        self._packer = Packer(envelope, max_bytes)
+        self.envelope = envelope
+        self.count = 0
+        self.samples: list[str] = []
+
+    def write(self, uid: str) -> None:
+        self._packer.add(uid)  # counts requests; raises CohortApiError for an unsendable uid
+        self._file.write(uid.encode("utf-8") + b"\n")
+        self.count += 1
+        if len(self.samples) < SAMPLES:
+            self.samples.append(uid)
+
+    @property
+    def requests(self) -> int:
+        return self._packer.requests
+
+    def __iter__(self) -> Iterator[str]:
+        self._file.flush()
+        self._file.seek(0)
+        for line in self._file:
+            yield line[:-1].decode("utf-8")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class PreparedPlan:
+    """A plan and the spilled changes apply will send; close() frees the files."""
+
+    plan: CohortPlan
+    removes: Spill | None = None
+    adds: Spill | None = None
+
+    def spills(self) -> list[Spill]:
+        return [s for s in (self.removes, self.adds) if s is not None and s.count]
+
+    def close(self) -> None:
+        for spill in (self.removes, self.adds):
+            if spill is not None:
+                spill.close()
+
+
+class Planner:
+    def __init__(self, settings: Settings, state: StateStore, engines: Engines) -> None:
+        self.settings, self.state, self.engines = settings, state, engines
+
+    def envelope(self, action: str, cohort_id: str, name: str, description: str | None) -> Envelope:
+        return Envelope(action, self.settings.partner, cohort_id, name, description)
+
+    def plan_cohort(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False) -> PreparedPlan:
+        """Diff one cohort's source against its synced members."""
+        plan = CohortPlan(spec.id, spec.name, UNCHANGED, description=spec.description, mode=spec.mode,
+                          file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest)
+        prepared = PreparedPlan(plan)
+        try:
+            source = open_source(spec, self.engines, self.settings.statement_timeout)
+            plan.source_digest = source.digest()
+            if _unchanged_since(record, spec, plan.source_digest):
+                plan.desired = record.synced_count  # type: ignore[union-attr]
+                log.debug("cohort %s: spec and source unchanged since it converged", spec.id)
+                return prepared
+            self._diff(prepared, spec, source.uids)
+        except (SourceError, CohortApiError, StateError) as exc:
+            prepared.close()
+            plan.status, plan.reason = ERROR, getattr(exc, "message", str(exc))
+            plan.adds = plan.removes = plan.requests = 0
+            return PreparedPlan(plan)
+        guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals,
+                              desired=plan.desired or 0, synced=plan.synced, removes=plan.removes)
+        verdict(plan, suspended=spec.suspended, guard=guard, force=force)
+        return prepared
+
+    def plan_orphan(self, record: CohortRecord, *, prune: bool, reason: str | None = None) -> PreparedPlan:
+        """A cohort in state whose spec is gone: reported, emptied only when pruning."""
+        plan = CohortPlan(record.id, record.name, ORPHANED, description=record.description, synced=record.synced_count)
+        prepared = PreparedPlan(plan)
+        if not prune:
+            plan.reason = reason or "its spec is gone; members left as they are (prune to empty it)"
+            return prepared
+        prepared.removes = self._spill("remove_members", plan)
+        for uid in self.state.synced_uids(record.id):
+            prepared.removes.write(uid)
+        plan.desired, plan.removes = 0, prepared.removes.count
+        plan.requests, plan.sample_removes = prepared.removes.requests, prepared.removes.samples
+        plan.reason = "its spec is gone; pruning empties it"
+        return prepared
+
+    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, uids: Callable[[], Iterator[str]]) -> None:
+        try:
+            self._spill_diff(prepared, spec, checked(uids()))
+        except OutOfOrder as exc:
+            log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
+            prepared.close()
+            self._spill_diff(prepared, spec, external_sort(uids()))
+
+    def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[str]) -> None:
+        plan = prepared.plan
+        prepared.adds = adds = self._spill("add_members", plan)
+        prepared.removes = removes = self._spill("remove_members", plan)
+        tally = Tally()
+        mirror = spec.mode == "mirror"
+        for op, uid in merge_diff(desired, self._synced(spec.id), tally):
+            if op == ADD:
+                adds.write(uid)
+            elif mirror:
+                removes.write(uid)
+        plan.desired, plan.synced = tally.desired, tally.synced
+        plan.adds, plan.removes = adds.count, removes.count
+        plan.requests = adds.requests + removes.requests
+        plan.sample_adds, plan.sample_removes = adds.samples, removes.samples
+
+    def _synced(self, cohort_id: str) -> Iterator[str]:
+        try:
+            yield from checked(self.state.synced_uids(cohort_id))
+        except OutOfOrder as exc:
+            raise StateError(f"members of {cohort_id} do not come back in code-point order ({exc}): "
+                             "the state database's uid column needs a binary collation") from exc
+
+    def _spill(self, action: str, plan: CohortPlan) -> Spill:
+        envelope = self.envelope(action, plan.id, plan.name, plan.description)
+        return Spill(envelope, self.settings.moengage.max_payload_bytes)
+
+
+def _unchanged_since(record: CohortRecord | None, spec: CohortSpec, source_digest: str | None) -> bool:
+    return bool(record and record.converged and source_digest and record.spec_digest == spec.digest
+                and record.source_digest == source_digest)

@@ -1,0 +1,87 @@
+"""What a reconcile would do to one cohort, and whether it may: pure decisions, no I/O.
+
+A CohortPlan carries counts, a few sample uids and a verdict. The guards (allow_empty,
+max_removals) turn a destructive plan into `blocked` with a reason, unless forced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.specs import MaxRemovals
+
+UNCHANGED, CHANGED, BLOCKED, ERROR, SUSPENDED, ORPHANED = (
+    "unchanged", "changed", "blocked", "error", "suspended", "orphaned")
+SAMPLES = 5  # sample uids shown per action
+
+
+@dataclass
+class CohortPlan:
+    """One cohort's plan; `adds`/`removes` are what apply would send."""
+
+    id: str
+    name: str
+    status: str
+    description: str | None = None
+    mode: str = "mirror"
+    file: str | None = None
+    desired: int | None = None
+    synced: int = 0
+    adds: int = 0
+    removes: int = 0
+    requests: int = 0
+    reason: str | None = None
+    forced: bool = False
+    sample_adds: list[str] = field(default_factory=list)
+    sample_removes: list[str] = field(default_factory=list)
+    source_digest: str | None = None
+    spec_digest: str | None = None
+
+    @property
+    def actionable(self) -> bool:
+        """Whether apply sends anything for it."""
+        return self.status in (CHANGED, ORPHANED) and (self.adds + self.removes) > 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "status": self.status, "mode": self.mode, "file": self.file,
+            "desired": self.desired, "synced": self.synced, "adds": self.adds, "removes": self.removes,
+            "requests": self.requests, "reason": self.reason, "forced": self.forced,
+            "sample_adds": self.sample_adds, "sample_removes": self.sample_removes,
+        }
+
+
+def guard_verdict(
+    *, allow_empty: bool, max_removals: MaxRemovals | None, desired: int, synced: int, removes: int
+) -> str | None:
+    """Why this plan must not run unforced, or None when it may."""
+    if desired == 0 and synced > 0 and removes > 0 and not allow_empty:
+        return (f"the source yields no uids while {synced} members are synced; "
+                "if the cohort really is empty, set guards.allow_empty: true or use --force")
+    if max_removals is not None and removes > max_removals.limit(synced):
+        return (f"would remove {removes} of {synced} synced members, over max_removals {max_removals} "
+                f"(at most {max_removals.limit(synced)}); raise the guard or use --force")
+    return None
+
+
+def verdict(plan: CohortPlan, *, suspended: bool, guard: str | None, force: bool) -> CohortPlan:
+    """Set the plan's status from its counts, suspension and guard."""
+    if suspended:
+        plan.status, plan.reason = SUSPENDED, "suspended: true in the spec"
+    elif guard and not force:
+        plan.status, plan.reason = BLOCKED, guard
+    else:
+        plan.status = CHANGED if plan.adds or plan.removes else UNCHANGED
+        if guard:
+            plan.forced, plan.reason = True, f"forced past a guard: {guard}"
+    return plan
+
+
+def totals(plans: list[CohortPlan]) -> dict[str, int]:
+    out = {"cohorts": len(plans), "adds": 0, "removes": 0, "requests": 0}
+    for p in plans:
+        out[p.status] = out.get(p.status, 0) + 1
+        out["adds"] += p.adds
+        out["removes"] += p.removes
+        out["requests"] += p.requests
+    return out

@@ -1,0 +1,150 @@
+"""Turning plans, run reports, status and history into text, JSON and Markdown.
+
+Output only: nothing here decides. JSON carries `format_version` so scripts can rely on it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from reconciler.plans import CohortPlan, totals
+from reconciler.reconciling import RunReport
+from reconciler.state import CohortRecord, RunRecord
+
+FORMAT_VERSION = 1
+GITHUB_COMMENT_LIMIT = 65_536
+_MARK = {"unchanged": " ", "changed": "~", "blocked": "!", "error": "x", "suspended": "-", "orphaned": "?"}
+
+
+def plan_text(plans: Sequence[CohortPlan]) -> str:
+    if not plans:
+        return "No cohorts found."
+    lines = []
+    width = max(len(p.id) for p in plans)
+    for p in plans:
+        lines.append(f"{_MARK.get(p.status, ' ')} {p.id:<{width}}  {p.status:<9}  {_counts(p)}")
+        if p.reason:
+            lines.append(f"    {p.reason}")
+        if p.sample_adds and p.status != "unchanged":
+            lines.append(f"    + {', '.join(p.sample_adds)}{' ...' if p.adds > len(p.sample_adds) else ''}")
+        if p.sample_removes and p.status != "unchanged":
+            lines.append(f"    - {', '.join(p.sample_removes)}{' ...' if p.removes > len(p.sample_removes) else ''}")
+    t = totals(list(plans))
+    changing = t.get("changed", 0) + (1 if any(p.status == "orphaned" and p.removes for p in plans) else 0)
+    if changing == 0 and not t["adds"] and not t["removes"]:
+        lines.append("\nNo changes. MoEngage matches the specs.")
+    else:
+        lines.append(f"\nPlan: +{t['adds']:,} -{t['removes']:,} in {t['requests']:,} requests "
+                     f"across {changing} cohort(s).")
+    problems = t.get("blocked", 0) + t.get("error", 0)
+    if problems:
+        lines.append(f"{problems} cohort(s) blocked or in error: see above.")
+    return "\n".join(lines)
+
+
+def _counts(p: CohortPlan) -> str:
+    desired = "?" if p.desired is None else f"{p.desired:,}"
+    return f"desired {desired}, synced {p.synced:,}, +{p.adds:,} -{p.removes:,}, {p.requests:,} requests"
+
+
+def plan_json(plans: Sequence[CohortPlan]) -> str:
+    doc = {"format_version": FORMAT_VERSION, "cohorts": [p.as_json() for p in plans], "totals": totals(list(plans))}
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT) -> str:
+    t = totals(list(plans))
+    head = [f"### cohortsync plan: +{t['adds']:,} -{t['removes']:,} in {t['requests']:,} requests", "",
+            "| cohort | status | desired | synced | adds | removes | requests | note |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
+    for p in plans:
+        desired = "?" if p.desired is None else f"{p.desired:,}"
+        note = _md_cell(p.reason or "")
+        head.append(f"| `{p.id}` | {p.status} | {desired} | {p.synced:,} | +{p.adds:,} | -{p.removes:,} | {p.requests:,} | {note} |")
+    details = []
+    for p in plans:
+        if p.status != "unchanged" and (p.sample_adds or p.sample_removes):
+            body = [f"+ {u}" for u in p.sample_adds] + [f"- {u}" for u in p.sample_removes]
+            details += [f"<details><summary><code>{p.id}</code> sample uids</summary>", "", "```diff", *body, "```",
+                        "", "</details>"]
+    text = "\n".join(head + [""] + details)
+    if len(text) > limit:
+        cut = "\n\n_Plan truncated to fit a GitHub comment; run `cohortsync plan` for the whole of it._"
+        text = text[: limit - len(cut)].rsplit("\n", 1)[0] + cut
+    return text
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:300]
+
+
+def report_text(report: RunReport) -> str:
+    lines = [f"{'Dry run' if report.dry_run else 'Apply'} {report.run_id}:"]
+    width = max([len(o.plan.id) for o in report.outcomes] + [6])
+    lines.append(f"  {'cohort':<{width}}  {'result':<10} {'added':>10} {'removed':>10} {'requests':>9}")
+    for o in report.outcomes:
+        lines.append(f"  {o.plan.id:<{width}}  {o.result:<10} {o.sent_adds:>10,} {o.sent_removes:>10,} {o.requests:>9,}")
+        if o.error or (o.plan.reason and o.result in ("blocked", "error", "orphaned", "suspended")):
+            lines.append(f"  {'':<{width}}  {o.error or o.plan.reason}")
+    if report.stopped:
+        lines.append(f"\nStopped: {report.stopped}")
+    failed = [o.plan.id for o in report.outcomes if not o.ok]
+    if report.dry_run:
+        lines.append("\nDry run: nothing was sent.")
+    elif failed:
+        lines.append(f"\n{len(failed)} cohort(s) did not converge: {', '.join(failed)}")
+    else:
+        lines.append("\nAll cohorts converged.")
+    return "\n".join(lines)
+
+
+def report_json(report: RunReport) -> str:
+    doc = {"format_version": FORMAT_VERSION, "run_id": report.run_id, "dry_run": report.dry_run,
+           "ok": report.ok, "stopped": report.stopped, "cohorts": [o.as_json() for o in report.outcomes],
+           "totals": totals(report.plans)}
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "never"
+
+
+def status_rows(records: dict[str, CohortRecord]) -> list[dict[str, Any]]:
+    return [{"id": r.id, "name": r.name, "synced": r.synced_count, "converged": r.converged,
+             "last_status": r.last_status, "last_run": _when(r.last_run_at), "last_success": _when(r.last_success_at),
+             "last_error": r.last_error} for r in records.values()]
+
+
+def status_text(records: dict[str, CohortRecord]) -> str:
+    if not records:
+        return "No cohorts synced yet."
+    rows = status_rows(records)
+    width = max(len(r["id"]) for r in rows)
+    out = [f"{'cohort':<{width}}  {'synced':>10}  {'status':<10}  last run"]
+    for r in rows:
+        out.append(f"{r['id']:<{width}}  {r['synced']:>10,}  {r['last_status'] or '-':<10}  {r['last_run']}")
+        if r["last_error"]:
+            out.append(f"{'':<{width}}  {r['last_error']}")
+    return "\n".join(out)
+
+
+def status_json(records: dict[str, CohortRecord]) -> str:
+    return json.dumps({"format_version": FORMAT_VERSION, "cohorts": status_rows(records)}, indent=2, ensure_ascii=False)
+
+
+def history_text(runs: list[RunRecord]) -> str:
+    if not runs:
+        return "No runs yet."
+    out = [f"{'started':<20}  {'run':<12}  {'cohort':<24}  {'result':<10} {'+sent':>9} {'-sent':>9} {'req':>6} {'retry':>5}"]
+    for r in runs:
+        out.append(f"{_when(r.started_at):<20}  {r.run_id:<12}  {r.cohort_id:<24}  {r.status:<10} "
+                   f"{r.sent_adds:>9,} {r.sent_removes:>9,} {r.requests:>6,} {r.retries:>5}")
+        if r.error:
+            out.append(f"{'':<20}  {r.error}")
+    return "\n".join(out)
+
+
+def history_json(runs: list[RunRecord]) -> str:
+    return json.dumps({"format_version": FORMAT_VERSION, "runs": [vars(r) for r in runs]}, indent=2, ensure_ascii=False)

@@ -1,0 +1,231 @@
+"""Cohort specs: loaded from `cohorts/**/*.yaml`, checked against the schema, then semantically.
+
+Every problem in every file is collected, so one `validate` run shows them all. A spec that
+fails to load is reported, never treated as deleted: its members stay as they are.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.documents import Document, Problem, parse_yaml, schema_problems
+from reconciler.errors import SpecError
+from reconciler.settings import parse_duration
+
+SPEC_GLOBS = ("*.yaml", "*.yml")
+FILE_SUFFIXES = (".txt", ".csv", ".txt.gz", ".csv.gz")
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines; anything larger is a mistake
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a cohort's uids come from; paths are resolved and checked already."""
+
+    kind: str  # "sql", "sql_file" or "file"
+    connection: str | None = None
+    sql: str | None = None  # the query text, read from sql_file when given
+    path: Path | None = None  # sql_file or file, absolute
+    column: str | None = None
+
+
+@dataclass(frozen=True)
+class MaxRemovals:
+    """A guard: at most `count` members, or `percent` of the synced ones, per run."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    def limit(self, synced: int) -> int:
+        if self.count is not None:
+            return self.count
+        return int(synced * (self.percent or 0) / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    id: str
+    name: str
+    source: SourceSpec
+    file: str  # the spec file, relative to the cohorts directory, for messages
+    description: str | None = None
+    mode: str = "mirror"
+    schedule: float | None = None  # seconds
+    allow_empty: bool = False
+    max_removals: MaxRemovals | None = None
+    suspended: bool = False
+    digest: str = field(default="", compare=False)  # of the spec's content
+
+
+@dataclass
+class SpecSet:
+    """The result of loading a cohorts directory: good specs, and every problem found."""
+
+    specs: dict[str, CohortSpec]
+    errors: list[SpecError]
+    broken_ids: set[str]  # ids of specs that exist but failed: never orphaned
+    files: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every spec file loaded: only then may a missing cohort count as deleted."""
+        return not self.errors
+
+
+def spec_files(cohorts_dir: Path) -> list[Path]:
+    found = {p for pattern in SPEC_GLOBS for p in cohorts_dir.rglob(pattern)}
+    return sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(cohorts_dir).parts))
+
+
+def load_specs(cohorts_dir: Path, connections: Iterable[str]) -> SpecSet:
+    """Load and check every spec under `cohorts_dir`."""
+    root = cohorts_dir.resolve()
+    specs: dict[str, CohortSpec] = {}
+    errors: list[SpecError] = []
+    broken: set[str] = set()
+    names: dict[str, str] = {}
+    if not root.is_dir():
+        return SpecSet({}, [SpecError(str(cohorts_dir), "cohorts_dir", "directory not found")], set())
+    files = spec_files(root)
+    for path in files:
+        rel = str(path.relative_to(root))
+        spec, problems = load_spec(path, root, set(connections))
+        if spec is not None and spec.id in specs:
+            problems.append(Problem("id", f"{spec.id!r} is also the id of {specs[spec.id].file}; ids must be unique"))
+        if spec is not None and spec.name in names:
+            problems.append(Problem("name", f"{spec.name!r} is also the name of {names[spec.name]}; names must be unique"))
+        if problems:
+            errors.extend(SpecError(rel, p.field, p.message, p.line) for p in problems)
+            broken.add(spec.id if spec else _id_guess(path))
+            continue
+        assert spec is not None
+        specs[spec.id] = spec
+        names[spec.name] = rel
+    return SpecSet(specs, errors, broken - {""}, len(files))
+
+
+def load_spec(path: Path, root: Path, connections: set[str]) -> tuple[CohortSpec | None, list[Problem]]:
+    """One spec file: a CohortSpec when it parsed far enough, and its problems."""
+    try:
+        raw = path.read_bytes()
+        if len(raw) > MAX_SPEC_BYTES:
+            return None, [Problem("", f"file is {len(raw)} bytes; a spec must be under {MAX_SPEC_BYTES}")]
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [Problem("", f"not valid UTF-8 (byte {exc.start})")]
+    except OSError as exc:
+        return None, [Problem("", f"cannot read: {exc.strerror}")]
+    doc, problems = parse_yaml(text)
+    if doc is None:
+        return None, problems
+    if not isinstance(doc.data, dict):
+        return None, [Problem("", "a spec must be a YAML mapping with id, name and source", 1)]
+    problems += schema_problems(doc, "cohort.schema.json")
+    if problems:
+        cid = doc.data.get("id")
+        return (_stub(cid, path, root) if isinstance(cid, str) else None), problems
+    return _build(doc, path, root, connections)
+
+
+def _build(doc: Document, path: Path, root: Path, connections: set[str]) -> tuple[CohortSpec | None, list[Problem]]:
+    data = doc.data
+    problems: list[Problem] = []
+    source, source_problems = _source(data["source"], path, root, connections)
+    problems += [Problem(p.field, p.message, doc.line_of(tuple(p.field.split(".")))) for p in source_problems]
+    guards = data.get("guards") or {}
+    removals = guards.get("max_removals")
+    spec = CohortSpec(
+        id=data["id"],
+        name=data["name"],
+        description=data.get("description"),
+        source=source or SourceSpec("file"),
+        file=str(path.relative_to(root)),
+        mode=data.get("mode", "mirror"),
+        schedule=parse_duration(data["schedule"]) if "schedule" in data else None,
+        allow_empty=guards.get("allow_empty", False),
+        max_removals=_max_removals(removals) if removals is not None else None,
+        suspended=data.get("suspended", False),
+        digest=hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest(),
+    )
+    return spec, problems
+
+
+def _stub(cohort_id: str, path: Path, root: Path) -> CohortSpec:
+    return CohortSpec(cohort_id, "", SourceSpec("file"), str(path.relative_to(root)))
+
+
+def _max_removals(value: int | str) -> MaxRemovals:
+    if isinstance(value, int):
+        return MaxRemovals(count=value)
+    m = _PERCENT.match(value)
+    assert m, "the schema admits only counts and percentages"
+    return MaxRemovals(percent=float(m.group(1)))
+
+
+def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[SourceSpec | None, list[Problem]]:
+    problems: list[Problem] = []
+    if "file" in src:
+        if "connection" in src:
+            problems.append(Problem("source.connection", "a file source takes no connection; remove it"))
+        file, problem = resolve_inside(src["file"], path, root)
+        if problem:
+            return None, problems + [Problem("source.file", problem)]
+        assert file is not None
+        if not file.name.lower().endswith(FILE_SUFFIXES):
+            problems.append(Problem("source.file", f"{src['file']!r} must end in {', '.join(FILE_SUFFIXES)}"))
+        if "column" in src and ".csv" not in file.name.lower():
+            problems.append(Problem("source.column", "column applies to .csv files only; remove it"))
+        if not file.is_file():
+            problems.append(Problem("source.file", f"{src['file']!r} does not exist (looked at {file})"))
+        return SourceSpec("file", path=file, column=src.get("column")), problems
+    if "column" in src:
+        problems.append(Problem("source.column", "column applies to .csv files only; a query's first column is the uid"))
+    connection = src.get("connection", "default")
+    if connection not in connections:
+        known = ", ".join(sorted(connections)) or "none"
+        problems.append(Problem("source.connection", f"no connection named {connection!r} in the operator config (known: {known})"))
+    if "sql" in src:
+        return SourceSpec("sql", connection=connection, sql=src["sql"]), problems
+    sql_path, problem = resolve_inside(src["sql_file"], path, root)
+    if problem:
+        return None, problems + [Problem("source.sql_file", problem)]
+    assert sql_path is not None
+    try:
+        sql = sql_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, problems + [Problem("source.sql_file", f"cannot read {src['sql_file']!r}: {exc}")]
+    if not sql.strip():
+        problems.append(Problem("source.sql_file", f"{src['sql_file']!r} is empty"))
+    return SourceSpec("sql_file", connection=connection, sql=sql, path=sql_path), problems
+
+
+def resolve_inside(relative: str, spec_path: Path, root: Path) -> tuple[Path | None, str | None]:
+    """A path relative to the spec file that must stay inside the cohorts directory."""
+    if os.path.isabs(relative) or relative.startswith("~"):
+        return None, f"{relative!r} is absolute; give a path relative to the spec file"
+    if ".." in Path(relative).parts:
+        return None, f"{relative!r} climbs out with '..'; keep sources inside the cohorts directory"
+    target = (spec_path.parent / relative).resolve()
+    if not target.is_relative_to(root):
+        return None, f"{relative!r} resolves to {target}, outside the cohorts directory (a symlink out?)"
+    return target, None
+
+
+def _id_guess(path: Path) -> str:
+    """The id a broken spec most likely has, so its cohort is not taken for deleted."""
+    try:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            m = re.match(r"^id:\s*['\"]?([A-Za-z0-9][A-Za-z0-9_.-]*)", line)
+            if m:
+                return m.group(1)
+    except OSError:
+        pass
+    return ""
