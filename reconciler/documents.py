@@ -102,7 +102,14 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
 def schema_problems(doc: Document, schema_name: str) -> list[Problem]:
     """Every schema violation as a Problem with a readable message."""
     errors = sorted(_validator(schema_name).iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path)))
-    return [Problem(dotted(e.absolute_path), explain(e), doc.line_of(tuple(e.absolute_path))) for e in errors]
+    problems = []
+    for e in errors:
+        path = tuple(e.absolute_path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})), key=str)
+            path = (*path, extra[0]) if extra else path  # point at the unknown key itself
+        problems.append(Problem(dotted(path), explain(e), doc.line_of(path)))
+    return problems
 
 
 def dotted(path: Any) -> str:

@@ -33,12 +33,12 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
             lines.append(f"    - {', '.join(p.sample_removes)}{' ...' if p.removes > len(p.sample_removes) else ''}")
     t = totals(list(plans))
     changing = t.get("changed", 0) + (1 if any(p.status == "orphaned" and p.removes for p in plans) else 0)
+    problems = t.get("blocked", 0) + t.get("error", 0)
     if changing == 0 and not t["adds"] and not t["removes"]:
-        lines.append("\nNo changes. MoEngage matches the specs.")
+        lines.append("\nNo changes to send." if problems else "\nNo changes. MoEngage matches the specs.")
     else:
         lines.append(f"\nPlan: +{t['adds']:,} -{t['removes']:,} in {t['requests']:,} requests "
                      f"across {changing} cohort(s).")
-    problems = t.get("blocked", 0) + t.get("error", 0)
     if problems:
         lines.append(f"{problems} cohort(s) blocked or in error: see above.")
     return "\n".join(lines)

@@ -33,3 +33,50 @@ def emulator(start_emulator: Callable[..., EmulatorProcess]) -> EmulatorProcess:
 
 def postgres_url() -> str:
     return os.environ.get("COHORTSYNC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> str | None:
+    """None when the server answers; otherwise why not."""
+    import sqlalchemy as sa
+    try:
+        engine = sa.create_engine(postgres_url())
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure to reach it means: skip (or fail in CI)
+        return f"PostgreSQL not reachable at {postgres_url()}: {type(exc).__name__}"
+
+
+@pytest.fixture(scope="session")
+def postgres_ready() -> None:
+    reason = _postgres_available()
+    if reason:
+        if os.environ.get("COHORTSYNC_REQUIRE_POSTGRES") or os.environ.get("CI"):
+            pytest.fail(f"{reason} (mandatory in CI)")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_schema(postgres_ready: None) -> Iterator[str]:
+    """A URL whose search_path is a fresh schema, dropped afterwards: tests run in parallel."""
+    import uuid
+
+    import sqlalchemy as sa
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{postgres_url()}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return request.getfixturevalue("postgres_schema")

@@ -1,0 +1,47 @@
+"""Building throwaway cohort repositories and running the CLI in-process."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from reconciler.cli import main
+
+
+class Repo:
+    """A cohorts directory with its config file, under a temporary folder."""
+
+    def __init__(self, root: Path, *, state_url: str | None = None, base_url: str | None = None,
+                 connections: dict | None = None, **config: object) -> None:
+        self.root = root
+        self.cohorts = root / "cohorts"
+        self.cohorts.mkdir(parents=True, exist_ok=True)
+        doc: dict = {"cohorts_dir": "cohorts", "state_url": state_url or f"sqlite:///{root / 'state.db'}",
+                     "partner": "tests", "moengage": {"max_retries": 2}, **config}
+        if base_url:
+            doc["moengage"].update(base_url=base_url, workspace_id="${TEST_WS}", api_key="${TEST_KEY}")
+        if connections:
+            doc["connections"] = connections
+        self.config = root / "cohortsync.yaml"
+        self.config.write_text(yaml.safe_dump(doc))
+
+    def spec(self, name: str, text: str) -> Path:
+        path = self.cohorts / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def file_cohort(self, cid: str, uids: list[str], **extra: object) -> None:
+        (self.cohorts / "uids").mkdir(exist_ok=True)
+        (self.cohorts / "uids" / f"{cid}.txt").write_text("".join(u + "\n" for u in uids))
+        doc = {"id": cid, "name": f".{cid}", "source": {"file": f"uids/{cid}.txt"}, **extra}
+        (self.cohorts / f"{cid}.yaml").write_text(yaml.safe_dump(doc))
+
+    def uids(self, cid: str, uids: list[str]) -> None:
+        (self.cohorts / "uids" / f"{cid}.txt").write_text("".join(u + "\n" for u in uids))
+
+    def run(self, capsys, *args: str) -> tuple[int, str, str]:
+        code = main([args[0], "--config", str(self.config), *args[1:]])
+        out, err = capsys.readouterr()
+        return code, out, err

@@ -1,0 +1,107 @@
+"""The state contract: one suite, run on SQLite and on PostgreSQL."""
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from reconciler.errors import StateError
+from reconciler.state import SCHEMA_VERSION, RunRecord, StateStore, meta
+
+
+@pytest.fixture
+def state(state_url):
+    store = StateStore.open(state_url)
+    yield store
+    store.close()
+
+
+def test_fresh_database_gets_the_current_schema(state):
+    assert state.schema_version() == SCHEMA_VERSION
+    assert state.cohorts() == {}
+
+
+def test_migrate_is_idempotent(state_url):
+    for _ in range(2):
+        store = StateStore.open(state_url)
+        assert store.schema_version() == SCHEMA_VERSION
+        store.close()
+
+
+def test_refuses_a_newer_schema(state):
+    with state.engine.begin() as conn:
+        conn.execute(meta.update().values(value=str(SCHEMA_VERSION + 1)))
+    with pytest.raises(StateError, match="newer"):
+        state.migrate()
+
+
+def test_commit_batches_and_read_back_in_code_point_order(state):
+    uids = ["b", "a", "B", "é", "Z", "aa", "中", "a-1", "a_1", "😀", "10", "9"]
+    state.commit_batch("c1", ".C1", None, "add_members", uids)
+    assert list(state.synced_uids("c1")) == sorted(uids)
+    assert state.cohort("c1").synced_count == len(uids)
+    state.commit_batch("c1", ".C1", None, "remove_members", ["a", "中"])
+    assert list(state.synced_uids("c1")) == sorted(set(uids) - {"a", "中"})
+    assert state.cohort("c1").synced_count == len(uids) - 2
+    assert state.count_members("c1") == len(uids) - 2
+
+
+def test_cohorts_are_kept_apart(state):
+    state.commit_batch("c1", ".C1", None, "add_members", ["x", "y"])
+    state.commit_batch("c2", ".C2", "two", "add_members", ["y", "z"])
+    assert list(state.synced_uids("c1")) == ["x", "y"]
+    assert list(state.synced_uids("c2")) == ["y", "z"]
+    assert set(state.cohorts()) == {"c1", "c2"}
+
+
+def test_a_duplicate_add_fails_the_whole_batch(state):
+    state.commit_batch("c1", ".C1", None, "add_members", ["x"])
+    with pytest.raises(StateError):
+        state.commit_batch("c1", ".C1", None, "add_members", ["y", "x"])
+    assert list(state.synced_uids("c1")) == ["x"]  # the transaction rolled back: y is not there
+    assert state.cohort("c1").synced_count == 1
+
+
+def test_outcome_records_digests_only_when_converged(state):
+    state.commit_batch("c1", ".C1", None, "add_members", ["x"])
+    state.record_outcome("c1", ".C1", None, status="failed", error="boom", spec_digest="s", source_digest="f")
+    rec = state.cohort("c1")
+    assert (rec.converged, rec.spec_digest, rec.last_error, rec.last_status) == (False, None, "boom", "failed")
+    state.record_outcome("c1", ".C1 renamed", "d", status="converged", converged=True, spec_digest="s", source_digest="f")
+    rec = state.cohort("c1")
+    assert (rec.converged, rec.spec_digest, rec.source_digest, rec.name, rec.last_error) == (True, "s", "f", ".C1 renamed", None)
+    assert rec.last_success_at is not None
+
+
+def test_runs_newest_first_and_filtered(state):
+    for i, cid in enumerate(["a", "b", "a"]):
+        state.record_run(RunRecord(f"r{i}", cid, "converged", started_at=1000.0 + i, sent_adds=i))
+    assert [r.run_id for r in state.runs()] == ["r2", "r1", "r0"]
+    assert [r.run_id for r in state.runs("a", limit=1)] == ["r2"]
+
+
+def test_forget_removes_members_and_record(state):
+    state.commit_batch("c1", ".C1", None, "add_members", ["x"])
+    state.forget("c1")
+    assert state.cohort("c1") is None and list(state.synced_uids("c1")) == []
+
+
+def test_streams_many_members(state):
+    uids = [f"user-{i:07d}" for i in range(50_000)]
+    state.commit_batch("big", ".Big", None, "add_members", uids)
+    assert sum(1 for _ in state.synced_uids("big")) == 50_000
+
+
+def test_unreachable_database_is_a_state_error():
+    store = StateStore(sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    with pytest.raises(StateError):
+        store.cohorts()
+
+
+def test_bad_url_is_a_state_error():
+    with pytest.raises(StateError, match="not a database URL"):
+        StateStore.open("not a url")
+
+
+def test_repr_hides_the_password():
+    store = StateStore(sa.create_engine("postgresql+psycopg://user:hunter2@127.0.0.1:1/db"))
+    assert "hunter2" not in repr(store)
