@@ -17,7 +17,7 @@ from reconciler.errors import CohortSyncError
 from reconciler.plans import BLOCKED, ERROR
 from reconciler.reconciling import Reconciler
 from reconciler.settings import Settings
-from reconciler.specs import SpecSet, load_specs
+from reconciler.specs import SpecSet, load_specs, missing_sources
 from reconciler.state import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
@@ -26,11 +26,12 @@ EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 def validate(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     specs = load_specs(settings.cohorts_dir, settings.connections)
-    for err in specs.errors:
+    errors = specs.errors + missing_sources(specs)
+    for err in errors:
         print(err, file=sys.stderr)
-    if specs.errors:
-        bad = len({e.file for e in specs.errors})
-        print(f"{bad} of {specs.files} spec file(s) invalid ({len(specs.errors)} problem(s)).", file=sys.stderr)
+    if errors:
+        bad = len({e.file for e in errors})
+        print(f"{bad} of {specs.files} spec file(s) invalid ({len(errors)} problem(s)).", file=sys.stderr)
         return EXIT_FAILED
     print(f"{len(specs.specs)} cohort spec(s) valid in {settings.cohorts_dir}.")
     return EXIT_OK

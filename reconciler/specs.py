@@ -80,6 +80,13 @@ class SpecSet:
         return not self.errors
 
 
+def missing_sources(specs: SpecSet) -> list[SpecError]:
+    """UID files that do not exist yet: an error for `validate`; at run time, a source error
+    of that cohort alone (reported under its id, its members kept)."""
+    return [SpecError(spec.file, "source.file", f"{spec.source.path} does not exist")
+            for spec in specs.specs.values() if spec.source.kind == "file" and not spec.source.path.is_file()]
+
+
 def spec_files(cohorts_dir: Path) -> list[Path]:
     found = {p for pattern in SPEC_GLOBS for p in cohorts_dir.rglob(pattern)}
     return sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(cohorts_dir).parts))
@@ -183,8 +190,6 @@ def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[S
             problems.append(Problem("source.file", f"{src['file']!r} must end in {', '.join(FILE_SUFFIXES)}"))
         if "column" in src and ".csv" not in file.name.lower():
             problems.append(Problem("source.column", "column applies to .csv files only; remove it"))
-        if not file.is_file():
-            problems.append(Problem("source.file", f"{src['file']!r} does not exist (looked at {file})"))
         return SourceSpec("file", path=file, column=src.get("column")), problems
     if "column" in src:
         problems.append(Problem("source.column", "column applies to .csv files only; a query's first column is the uid"))

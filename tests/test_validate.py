@@ -47,7 +47,7 @@ def test_valid_specs(repo, capsys):
         ("id: x\nname: .X\nguards: {allow_empty: maybe}\nsource: {file: uids/good.txt}\n", "allow_empty: 'maybe' is not of type 'boolean'"),
         ("id: x\nname: .X\nsource: {file: ../outside.txt}\n", "source.file: '../outside.txt' climbs out with '..'"),
         ("id: x\nname: .X\nsource: {file: /etc/passwd}\n", "source.file: '/etc/passwd' is absolute"),
-        ("id: x\nname: .X\nsource: {file: uids/missing.txt}\n", "source.file: 'uids/missing.txt' does not exist"),
+        ("id: x\nname: .X\nsource: {file: uids/missing.txt}\n", "uids/missing.txt does not exist"),
         ("id: x\nname: .X\nsource: {file: uids/good.json}\n", "must end in .txt, .csv"),
         ("id: x\nname: .X\nsource: {file: uids/good.txt, column: uid}\n", "column applies to .csv files only"),
         ("id: x\nname: .X\nsource: {sql: SELECT 1, connection: nowhere}\n", "no connection named 'nowhere' in the operator config (known: warehouse)"),

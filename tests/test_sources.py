@@ -1,0 +1,151 @@
+"""Sources: UID files in every format, SQL on SQLite and PostgreSQL, read-only and bounded."""
+from __future__ import annotations
+
+import gzip
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from reconciler.errors import SourceError
+from reconciler.settings import Secret
+from reconciler.sources import Engines, FileSource, SqlSource, normalize
+from reconciler.specs import CohortSpec, SourceSpec
+
+
+def file_spec(path: Path, column: str | None = None) -> CohortSpec:
+    return CohortSpec("c", ".c", SourceSpec("file", path=path, column=column), "c.yaml")
+
+
+def sql_spec(sql: str, connection: str = "db") -> CohortSpec:
+    return CohortSpec("c", ".c", SourceSpec("sql", connection=connection, sql=sql), "c.yaml")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("  a  ", "a"), ("", None), ("   ", None), (None, None), (42, "42"), (42.0, "42"), (1.5, "1.5"),
+    (Decimal("1000"), "1000"), (Decimal("12.50"), "12.5"), (b"bytes", "bytes"), (True, "1"),
+])
+def test_normalize(value, expected):
+    assert normalize(value) == expected
+
+
+def test_txt_strips_skips_blanks_keeps_duplicates_for_the_sorter(tmp_path):
+    path = tmp_path / "u.txt"
+    path.write_text(" b \n\na\r\nb\n  \n")
+    assert list(FileSource(file_spec(path)).uids()) == ["b", "a", "b"]
+
+
+def test_gz_and_csv(tmp_path):
+    gz = tmp_path / "u.txt.gz"
+    gz.write_bytes(gzip.compress(b"x\ny\n"))
+    assert list(FileSource(file_spec(gz)).uids()) == ["x", "y"]
+    csv_path = tmp_path / "u.csv.gz"
+    csv_path.write_bytes(gzip.compress(b'email,user_id\na@x,"  u1 "\nb@x,u2\nc@x,\n'))
+    assert list(FileSource(file_spec(csv_path, "user_id")).uids()) == ["u1", "u2"]
+
+
+def test_csv_defaults_to_uid_column_then_first(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("name,uid\nA,1\n")
+    assert list(FileSource(file_spec(path)).uids()) == ["1"]
+    path.write_text("id,name\n7,A\n")
+    assert list(FileSource(file_spec(path)).uids()) == ["7"]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("u.txt", b"ok\n\xff\xfe\n", "u.txt:2: not valid UTF-8"),
+    ("u.txt", b"ok\nbad\x00uid\n", "u.txt:2: uid 'bad\\x00uid' contains the character '\\x00'"),
+    ("u.csv", b'uid\n"multi\nline"\n', "contains the character '\\n'"),
+    ("u.csv", b"uid\n\xff\n", "not valid UTF-8"),
+    ("u.csv", b"user\nx\n", "no column 'nope' in the header (columns: user)"),
+    ("u.txt.gz", b"not gzip at all", "cannot read"),
+    ("u.txt.gz", gzip.compress(b"a\nb\n" * 1000)[:-20], "truncated"),
+])
+def test_bad_files_are_source_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    column = "nope" if b"user\n" in content else None
+    with pytest.raises(SourceError) as info:
+        list(FileSource(file_spec(path, column)).uids())
+    assert message in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    source = FileSource(file_spec(tmp_path / "gone.txt"))
+    with pytest.raises(SourceError, match="cannot read"):
+        source.digest()
+    with pytest.raises(SourceError, match="cannot read"):
+        list(source.uids())
+
+
+def test_digest_follows_content_and_column(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("uid\na\n")
+    first = FileSource(file_spec(path)).digest()
+    assert FileSource(file_spec(path)).digest() == first
+    assert FileSource(file_spec(path, "uid")).digest() != first
+    path.write_text("uid\nb\n")
+    assert FileSource(file_spec(path)).digest() != first
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def warehouse(request, tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'wh.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_schema")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE customers (id INTEGER, ext TEXT, ltv NUMERIC(10,2))")
+        conn.exec_driver_sql("INSERT INTO customers VALUES (10, ' a ', 600), (9, 'b', 100), (11, NULL, 700), (12, '', 800)")
+    engine.dispose()
+    return url
+
+
+def read(url: str, sql: str, timeout: float = 30) -> list[str]:
+    engines = Engines({"db": Secret(url)})
+    try:
+        return list(SqlSource(sql_spec(sql), engines, timeout).uids())
+    finally:
+        engines.close()
+
+
+def test_sql_numbers_become_decimal_text(warehouse):
+    assert sorted(read(warehouse, "SELECT id FROM customers WHERE ltv > 500")) == ["10", "11", "12"]
+
+
+def test_sql_text_is_stripped_and_nulls_and_empties_skipped(warehouse):
+    assert sorted(read(warehouse, "SELECT ext, id FROM customers")) == ["a", "b"]
+
+
+def test_sql_that_writes_is_refused(warehouse):
+    with pytest.raises(SourceError, match="failed"):
+        read(warehouse, "DELETE FROM customers RETURNING id")
+    assert len(read(warehouse, "SELECT id FROM customers")) == 4
+
+
+def test_sql_error_is_a_source_error(warehouse):
+    with pytest.raises(SourceError) as info:
+        read(warehouse, "SELECT nope FROM nowhere")
+    assert "query on 'db' failed" in str(info.value) and "SELECT nope" not in str(info.value)
+
+
+def test_sql_statement_timeout(warehouse):
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000000) SELECT max(i) FROM n"
+            if warehouse.startswith("sqlite") else "SELECT pg_sleep(5)")
+    with pytest.raises(SourceError, match="failed"):
+        read(warehouse, slow, timeout=0.3)
+
+
+def test_unreachable_connection_is_a_source_error():
+    with pytest.raises(SourceError, match="failed"):
+        read("postgresql+psycopg://nobody@127.0.0.1:1/none", "SELECT 1")
+
+
+def test_unknown_driver_is_a_source_error():
+    with pytest.raises(SourceError, match="connection 'db'"):
+        read("nosuchdb://x/y", "SELECT 1")
+
+
+def test_uid_with_newline_from_sql_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'wh.db'}"
+    with pytest.raises(SourceError, match="row 1: uid 'a\\\\nb' contains"):
+        read(url, "SELECT 'a' || char(10) || 'b'")
