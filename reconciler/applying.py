@@ -7,19 +7,20 @@ next batch. A crash anywhere re-sends at most the batch in flight.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
 from reconciler.batching import pack
 from reconciler.client import MoEngageClient
-from reconciler.errors import ApiError, FatalApiError, StateError
+from reconciler.errors import ApiError, FatalApiError, Interrupted, StateError
 from reconciler.planning import PreparedPlan
 from reconciler.plans import ORPHANED, CohortPlan
 from reconciler.state import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 
-CONVERGED, FAILED, PRUNED = "converged", "failed", "pruned"
+CONVERGED, FAILED, PRUNED, INTERRUPTED = "converged", "failed", "pruned", "interrupted"
 
 
 @dataclass
@@ -49,8 +50,13 @@ class CohortOutcome:
                 "error": self.error}
 
 
-def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, run: RunRecord) -> CohortOutcome:
-    """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop."""
+def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, run: RunRecord,
+            stop: threading.Event | None = None) -> CohortOutcome:
+    """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop.
+
+    `stop` is looked at before each batch: a shutdown finishes the batch in flight, commits it,
+    and leaves the rest for the next run.
+    """
     plan = prepared.plan
     outcome = CohortOutcome(plan, FAILED)
     stats = client.stats
@@ -59,6 +65,8 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
         for spill in prepared.spills():
             action = spill.envelope.action
             for batch in pack(spill.envelope, spill, client.settings.max_payload_bytes):
+                if stop is not None and stop.is_set():
+                    raise Interrupted("shutting down")
                 for part in client.send(batch):
                     state.commit_batch(plan.id, plan.name, plan.description, action, part.uids)
                     if action == "add_members":
@@ -71,6 +79,8 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
     except FatalApiError as exc:
         outcome.error = str(exc)
         raise
+    except Interrupted:
+        outcome.result, outcome.error = INTERRUPTED, "stopped by a shutdown; the next run sends the rest"
     except (ApiError, StateError) as exc:
         outcome.error = str(exc)
         log.error("cohort %s: %s", plan.id, exc)
@@ -98,6 +108,6 @@ def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome) -> None:
                                  spec_digest=plan.spec_digest, source_digest=plan.source_digest)
             log.info("cohort %s: converged (+%d -%d)", plan.id, outcome.sent_adds, outcome.sent_removes)
         else:
-            state.record_outcome(plan.id, plan.name, plan.description, status=FAILED, error=outcome.error)
+            state.record_outcome(plan.id, plan.name, plan.description, status=outcome.result, error=outcome.error)
     except StateError as exc:
         outcome.result, outcome.error = FAILED, f"{outcome.error or ''} {exc}".strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from reconciler.errors import (
     ApiError,
     CohortApiError,
     FatalApiError,
+    Interrupted,
     PayloadTooLarge,
     TemporaryApiError,
 )
@@ -58,12 +60,14 @@ class MoEngageClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self.limiter = limiter or SlidingWindowLimiter(settings.rate_limit)
+        self._stop = stop or threading.Event()
+        self._sleep = sleep if stop is None else self._stop.wait
+        self.limiter = limiter or SlidingWindowLimiter(settings.rate_limit, sleep=self._sleep)
         self.stats = ClientStats()
         self._session = session or requests.Session()
-        self._sleep = sleep
         self._rng = rng or random.Random()
         token = f"{settings.workspace_id}:{settings.api_key.reveal()}".encode()
         self._headers = {
@@ -119,6 +123,8 @@ class MoEngageClient:
                     raise
                 log.info("cohort %s: %s; retrying in %.2fs", batch.envelope.cohort_id, exc, delay)
                 self._sleep(delay)
+                if self._stop.is_set():
+                    raise Interrupted("shutting down") from exc
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
@@ -127,6 +133,8 @@ class MoEngageClient:
 
     def _post(self, batch: Batch) -> None:
         with self.limiter.slot():
+            if self._stop.is_set():
+                raise Interrupted("shutting down")
             try:
                 resp = self._session.post(
                     self.settings.url, data=batch.body, headers=self._headers, timeout=self.settings.timeout

@@ -52,6 +52,10 @@ class LeaseHeld(CohortSyncError):
     """Another writer holds the state lease."""
 
 
+class Interrupted(CohortSyncError):
+    """A shutdown was asked for: stop between batches, nothing half-done."""
+
+
 class ApiError(CohortSyncError):
     """An answer from MoEngage (or no answer at all) that was not a success."""
 

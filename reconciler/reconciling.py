@@ -7,6 +7,7 @@ loaded, a 401/403 stops the run, any other failure stops only its cohort.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -44,8 +45,10 @@ class RunReport:
 class Reconciler:
     """Built once per process by the CLI or the daemon, from the same Settings."""
 
-    def __init__(self, settings: Settings, state: StateStore, client: MoEngageClient | None = None) -> None:
+    def __init__(self, settings: Settings, state: StateStore, client: MoEngageClient | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.settings, self.state, self.client = settings, state, client
+        self.stop = stop or threading.Event()
         self.engines = Engines(settings.connections)
         self.planner = Planner(settings, state, self.engines)
 
@@ -91,13 +94,15 @@ class Reconciler:
                 report.outcomes.append(self._apply_one(prepared, records, report, trigger))
             finally:
                 prepared.close()
+            if self.stop.is_set() and not report.stopped:
+                report.stopped = "shutting down"
+            if report.stopped:
+                break  # plan no more: nothing more will be sent in this run
         return report
 
     def _apply_one(self, prepared: PreparedPlan, records: dict[str, CohortRecord], report: RunReport,
                    trigger: str) -> CohortOutcome:
         plan = prepared.plan
-        if report.stopped:
-            return CohortOutcome(plan, "stopped", error=report.stopped)
         if report.dry_run or not plan.actionable:
             self._note_idle(plan, records.get(plan.id), report.dry_run)
             return CohortOutcome(plan, plan.status, error=plan.reason if plan.status == ERROR else None)
@@ -105,7 +110,7 @@ class Reconciler:
         run = RunRecord(report.run_id, plan.id, "running", time.time(), trigger,
                         planned_adds=plan.adds, planned_removes=plan.removes)
         try:
-            return execute(prepared, self.client, self.state, run)
+            return execute(prepared, self.client, self.state, run, self.stop)
         except FatalApiError as exc:
             report.stopped = f"MoEngage refused the credentials or the account: {exc}"
             log.error("run stopped: %s", exc)
