@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from reconciler import __version__, commands, demo
+from reconciler import __version__, commands, demo, logs
+from reconciler.daemon import running, triggering
 from reconciler.emulator import main as emulator_main
 from reconciler.errors import CohortSyncError, SpecErrors
 
@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=commands.history)
 
+    p = sub.add_parser("run", parents=[common], help="the daemon: reconcile on file change, timer and trigger")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="json for log collectors")
+    p.set_defaults(func=running.run, verbose_floor=1)
+
+    p = sub.add_parser("trigger", parents=[common], help="ask a running daemon to reconcile now (CI after a merge)")
+    p.add_argument("--url", help="the daemon's URL (default: COHORTSYNC_URL, else http://<daemon.listen>)")
+    p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    p.set_defaults(func=triggering.run)
+
     p = sub.add_parser("emulator", parents=[common], help="a local stand-in for the MoEngage API")
     emulator_main.add_arguments(p)
     p.set_defaults(func=emulator_main.run)
@@ -62,8 +72,7 @@ def _selection(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.setup(max(args.verbose, getattr(args, "verbose_floor", 0)), getattr(args, "log_format", "text"))
     try:
         return int(args.func(args) or 0)
     except SpecErrors as exc:

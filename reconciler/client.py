@@ -63,9 +63,9 @@ class MoEngageClient:
         stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self._stop = stop or threading.Event()
-        self._sleep = sleep if stop is None else self._stop.wait
-        self.limiter = limiter or SlidingWindowLimiter(settings.rate_limit, sleep=self._sleep)
+        self._stop = stop
+        self._sleep = sleep
+        self.limiter = limiter or SlidingWindowLimiter(settings.rate_limit, stop=stop)
         self.stats = ClientStats()
         self._session = session or requests.Session()
         self._rng = rng or random.Random()
@@ -122,9 +122,14 @@ class MoEngageClient:
                 else:
                     raise
                 log.info("cohort %s: %s; retrying in %.2fs", batch.envelope.cohort_id, exc, delay)
-                self._sleep(delay)
-                if self._stop.is_set():
-                    raise Interrupted("shutting down") from exc
+                self._pause(delay)
+
+    def _pause(self, delay: float) -> None:
+        """Sleep before a retry; a shutdown cuts it short."""
+        if self._stop is None:
+            self._sleep(delay)
+        elif self._stop.wait(delay):
+            raise Interrupted("shutting down")
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
@@ -133,7 +138,7 @@ class MoEngageClient:
 
     def _post(self, batch: Batch) -> None:
         with self.limiter.slot():
-            if self._stop.is_set():
+            if self._stop is not None and self._stop.is_set():
                 raise Interrupted("shutting down")
             try:
                 resp = self._session.post(

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from reconciler import render
 from reconciler.client import MoEngageClient
 from reconciler.config import load_settings, require_credentials
 from reconciler.errors import CohortSyncError
+from reconciler.leases import held
 from reconciler.plans import BLOCKED, ERROR
 from reconciler.reconciling import Reconciler
 from reconciler.settings import Settings
@@ -80,7 +81,9 @@ def apply(args: argparse.Namespace) -> int:
     with reconciler_for(settings, with_client=not args.dry_run) as reconciler:
         specs = reconciler.load()
         _check_selection(specs, reconciler, args.cohort)
-        report = reconciler.apply(specs, args.cohort, force=args.force, prune=args.prune or None, dry_run=args.dry_run)
+        with nullcontext() if args.dry_run else held(reconciler.state, "apply"):
+            report = reconciler.apply(specs, args.cohort, force=args.force, prune=args.prune or None,
+                                      dry_run=args.dry_run)
     print(render.report_json(report) if args.format == "json" else render.report_text(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -17,6 +17,7 @@ from reconciler import render
 from reconciler.commands import reconciler_for
 from reconciler.config import load_settings
 from reconciler.emulator.process import EmulatorProcess
+from reconciler.leases import held
 from reconciler.settings import Secret, Settings
 
 DEMO_WORKSPACE, DEMO_KEY = "DEMO_WORKSPACE", "demo-data-api-key"
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             specs = reconciler.load()
             plans = reconciler.plan(specs)
             print("== plan\n" + render.plan_text(plans) + "\n")
-            report = reconciler.apply(specs, trigger="demo")
+            with held(reconciler.state, "demo"):
+                report = reconciler.apply(specs, trigger="demo")
             print("== apply\n" + render.report_text(report) + "\n")
         print("== segments in the emulator")
         for seg in emu.segments().values():

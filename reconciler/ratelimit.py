@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from reconciler.errors import Interrupted
 from reconciler.settings import RateLimit
 
 _IN_FLIGHT = float("inf")
@@ -26,9 +27,10 @@ class SlidingWindowLimiter:
         limit: RateLimit,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
     ) -> None:
         self.limit = limit
-        self._clock, self._sleep = clock, sleep
+        self._clock, self._sleep, self._stop = clock, sleep, stop
         self._stamps: deque[list[float]] = deque()
         self._lock = threading.Lock()
         self.waits = 0  # times a request had to wait for the window
@@ -57,7 +59,10 @@ class SlidingWindowLimiter:
                     return stamp
             waited = True
             self.waited += delay
-            self._sleep(delay)
+            if self._stop is None:
+                self._sleep(delay)
+            elif self._stop.wait(delay):
+                raise Interrupted("shutting down")
 
     def _delay_locked(self) -> float:
         now = self._clock()

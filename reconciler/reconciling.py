@@ -141,6 +141,6 @@ def spec_error_plans(specs: SpecSet) -> list[CohortPlan]:
     by_file: dict[str, list[str]] = {}
     for err in specs.errors:
         by_file.setdefault(err.file, []).append(str(err))
-    return [CohortPlan(id=file, name="", status=ERROR, file=file, reason="; ".join(msgs))
+    return [CohortPlan(id=specs.broken.get(file) or file, name="", status=ERROR, file=file, reason="; ".join(msgs))
             for file, msgs in sorted(by_file.items())]
 

@@ -71,8 +71,12 @@ class SpecSet:
 
     specs: dict[str, CohortSpec]
     errors: list[SpecError]
-    broken_ids: set[str]  # ids of specs that exist but failed: never orphaned
+    broken: dict[str, str]  # spec file -> the id it most likely has ("" when unknown): never orphaned
     files: int = 0
+
+    @property
+    def broken_ids(self) -> set[str]:
+        return set(self.broken.values()) - {""}
 
     @property
     def complete(self) -> bool:
@@ -97,10 +101,10 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str]) -> SpecSet:
     root = cohorts_dir.resolve()
     specs: dict[str, CohortSpec] = {}
     errors: list[SpecError] = []
-    broken: set[str] = set()
+    broken: dict[str, str] = {}
     names: dict[str, str] = {}
     if not root.is_dir():
-        return SpecSet({}, [SpecError(str(cohorts_dir), "cohorts_dir", "directory not found")], set())
+        return SpecSet({}, [SpecError(str(cohorts_dir), "cohorts_dir", "directory not found")], {})
     files = spec_files(root)
     for path in files:
         rel = str(path.relative_to(root))
@@ -111,12 +115,12 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str]) -> SpecSet:
             problems.append(Problem("name", f"{spec.name!r} is also the name of {names[spec.name]}; names must be unique"))
         if problems:
             errors.extend(SpecError(rel, p.field, p.message, p.line) for p in problems)
-            broken.add(spec.id if spec else _id_guess(path))
+            broken[rel] = spec.id if spec else _id_guess(path)
             continue
         assert spec is not None
         specs[spec.id] = spec
         names[spec.name] = rel
-    return SpecSet(specs, errors, broken - {""}, len(files))
+    return SpecSet(specs, errors, broken, len(files))
 
 
 def load_spec(path: Path, root: Path, connections: set[str]) -> tuple[CohortSpec | None, list[Problem]]:

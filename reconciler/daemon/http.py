@@ -1,0 +1,133 @@
+"""The daemon's HTTP endpoints: health, readiness, metrics, status and the reconcile trigger.
+
+POST /reconcile needs the bearer token (constant-time compare) or GitHub's
+X-Hub-Signature-256 HMAC of the body; without either configured, it refuses everything.
+Bodies are capped, and the server listens on loopback unless told otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from reconciler.errors import ConfigError
+from reconciler.settings import Secret
+
+log = logging.getLogger(__name__)
+MAX_BODY = 1 << 20  # bytes: a GitHub push payload is far smaller
+
+
+class DaemonAPI:
+    """What the endpoints need from the daemon, as plain callables."""
+
+    def __init__(
+        self, *, healthy: Callable[[], bool], ready: Callable[[], tuple[bool, str]], metrics: Callable[[], tuple[bytes, str]],
+        status: Callable[[], dict], reconcile: Callable[[list[str], str], dict], token: Secret, webhook_secret: Secret,
+    ) -> None:
+        self.healthy, self.ready, self.metrics, self.status, self.reconcile = healthy, ready, metrics, status, reconcile
+        self.token, self.webhook_secret = token, webhook_secret
+
+
+def authorized(headers: Any, body: bytes, token: Secret, webhook_secret: Secret) -> bool:
+    auth = headers.get("Authorization") or ""
+    if token and auth.lower().startswith("bearer "):
+        return hmac.compare_digest(auth[7:].strip().encode(), token.reveal().encode())
+    signature = headers.get("X-Hub-Signature-256") or ""
+    if webhook_secret and signature.startswith("sha256="):
+        expected = "sha256=" + hmac.new(webhook_secret.reveal().encode(), body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(signature.encode(), expected.encode())
+    return False
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "DaemonServer"
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        log.debug("http: " + fmt, *args)
+
+    def do_GET(self) -> None:
+        api, path = self.server.api, urlsplit(self.path).path
+        if path == "/healthz":
+            ok = api.healthy()
+            self._send(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
+        elif path == "/readyz":
+            ok, why = api.ready()
+            self._send(200 if ok else 503, {"status": "ready" if ok else "not ready", "reason": why})
+        elif path == "/metrics":
+            data, ctype = api.metrics()
+            self._raw(200, data, ctype)
+        elif path == "/status":
+            self._send(200, api.status())
+        else:
+            self._send(404, {"error": f"no route {path}"})
+
+    def do_POST(self) -> None:
+        api, url = self.server.api, urlsplit(self.path)
+        if url.path != "/reconcile":
+            self._drain()
+            self._send(404, {"error": f"no route {url.path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True
+            self._send(413, {"error": f"body over {MAX_BODY} bytes"})
+            return
+        body = self.rfile.read(length) if length else b""
+        if not authorized(self.headers, body, api.token, api.webhook_secret):
+            self._send(401, {"error": "a valid bearer token or X-Hub-Signature-256 is required"},
+                       {"WWW-Authenticate": 'Bearer realm="cohortsync"'})
+            return
+        cohorts = parse_qs(url.query).get("cohort", [])
+        source = "github" if self.headers.get("X-GitHub-Event") else "http"
+        self._send(202, api.reconcile(cohorts, source))
+
+    def _drain(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if 0 < length <= MAX_BODY:
+            self.rfile.read(length)
+        elif length:
+            self.close_connection = True
+
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        self._raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _raw(self, status: int, data: bytes, ctype: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class DaemonServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, listen: str, api: DaemonAPI) -> None:
+        self.api = api
+        super().__init__(parse_listen(listen), Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{listen!r} is not host:port", field="daemon.listen")
+    return host.strip("[]") or "127.0.0.1", int(port)

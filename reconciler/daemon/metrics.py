@@ -1,0 +1,63 @@
+"""Prometheus metrics of the daemon, in a registry of its own (no module-level state)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from reconciler.client import ClientStats
+from reconciler.reconciling import RunReport
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.reconciles = Counter("cohortsync_reconciles", "Cohort reconciles by result", ["result"], registry=r)
+        self.duration = Histogram("cohortsync_reconcile_duration_seconds", "Duration of one reconcile run",
+                                  registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+        self.added = Counter("cohortsync_members_added", "Members added in MoEngage", ["cohort"], registry=r)
+        self.removed = Counter("cohortsync_members_removed", "Members removed in MoEngage", ["cohort"], registry=r)
+        self.requests = Counter("cohortsync_requests", "Requests to MoEngage by HTTP status", ["status"], registry=r)
+        self.retries = Counter("cohortsync_retries", "Requests retried after 5xx, drops or timeouts", registry=r)
+        self.throttled = Counter("cohortsync_throttled", "429 answers waited out", registry=r)
+        self.rate_waits = Counter("cohortsync_rate_limit_waits", "Requests that waited for the rate window", registry=r)
+        self.synced = Gauge("cohortsync_synced_members", "Members synced per cohort", ["cohort"], registry=r)
+        self.last_success = Gauge("cohortsync_last_success_timestamp_seconds", "Last time a cohort converged",
+                                  ["cohort"], registry=r)
+        self.triggers = Counter("cohortsync_triggers", "Reconciles asked for, by source", ["source"], registry=r)
+        self.up = Gauge("cohortsync_ready", "1 when specs are loaded and the state is reachable", registry=r)
+        self._seen = ClientStats()
+        self._rate_waits_seen = 0
+
+    def observe_run(self, report: RunReport, seconds: float, synced: dict[str, int], converged_at: dict[str, float]) -> None:
+        self.duration.observe(seconds)
+        for o in report.outcomes:
+            self.reconciles.labels(o.result).inc()
+            if o.sent_adds:
+                self.added.labels(o.plan.id).inc(o.sent_adds)
+            if o.sent_removes:
+                self.removed.labels(o.plan.id).inc(o.sent_removes)
+        for cohort, count in synced.items():
+            self.synced.labels(cohort).set(count)
+        for cohort, ts in converged_at.items():
+            self.last_success.labels(cohort).set(ts)
+
+    def observe_client(self, stats: ClientStats, rate_waits: int) -> None:
+        """Fold the client's counters in, by difference since the last look."""
+        for status, n in stats.statuses.items():
+            delta = n - self._seen.statuses[status]
+            if delta:
+                self.requests.labels(status).inc(delta)
+        self.retries.inc(stats.retries - self._seen.retries)
+        self.throttled.inc(stats.throttled - self._seen.throttled)
+        self.rate_waits.inc(rate_waits - self._rate_waits_seen)
+        self._seen = ClientStats(statuses=stats.statuses.copy(), retries=stats.retries, throttled=stats.throttled)
+        self._rate_waits_seen = rate_waits
+
+    def forget_client(self) -> None:
+        """A new client (after SIGHUP) starts its counters at zero."""
+        self._seen, self._rate_waits_seen = ClientStats(), 0
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,266 @@
+"""`cohortsync run`: the daemon that keeps every cohort converged.
+
+Threads: watchdog (file events, debounced), a timer (each cohort on its schedule, jittered),
+the HTTP server (health, metrics, status, the CI trigger), and one worker in the main thread
+that takes coalesced work from the queue and reconciles it. The daemon holds the writer lease
+for its whole life. SIGTERM/SIGINT finish the batch in flight and exit 0; SIGHUP reloads.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from reconciler import render
+from reconciler.client import MoEngageClient
+from reconciler.config import load_settings, require_credentials
+from reconciler.daemon.http import DaemonAPI, DaemonServer
+from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
+from reconciler.daemon.queueing import ALL, CoalescingQueue, Work
+from reconciler.daemon.watching import Watcher
+from reconciler.errors import CohortSyncError, StateError
+from reconciler.leases import held
+from reconciler.reconciling import Reconciler, RunReport
+from reconciler.settings import Settings
+from reconciler.specs import SpecSet
+from reconciler.state import StateStore
+
+log = logging.getLogger(__name__)
+JITTER = 0.1  # timers fire within ±10% of a cohort's schedule
+TICK = 0.5  # seconds between looks at the timers and the stop flag
+
+
+class Daemon:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.queue = CoalescingQueue()
+        self.metrics = Metrics()
+        self.settings: Settings = load_settings(config_path)
+        require_credentials(self.settings)
+        self.state = StateStore.open(self.settings.state_url)
+        self.client: MoEngageClient | None = None
+        self.reconciler: Reconciler | None = None
+        self._lock = threading.Lock()
+        self._specs: SpecSet | None = None
+        self._index: dict[Path, set[str]] = {}
+        self._due: dict[str, float] = {}
+        self._last_run: dict = {}
+
+    # --- life cycle -----------------------------------------------------------------------
+    def run(self) -> int:
+        with held(self.state, "run"):
+            self._build()
+            server = DaemonServer(self.settings.daemon.listen, self._api())
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True).start()
+            print(f"cohortsync daemon listening on {server.url}", flush=True)
+            log.info("daemon started: cohorts in %s, listening on %s", self.settings.cohorts_dir, server.url)
+            watcher = self._watch()
+            timer = threading.Thread(target=self._timers, name="timers", daemon=True)
+            timer.start()
+            self.queue.put(ALL, "startup")
+            try:
+                self._work()
+            finally:
+                watcher.stop()
+                server.shutdown()
+                server.server_close()
+                self._teardown()
+        log.info("daemon stopped")
+        return 0
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: (self.reload.set(), self.queue.put(ALL, "reload")))
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        log.info("%s: finishing the batch in flight, then exiting", signal.Signals(signum).name)
+        self.stop.set()
+        self.queue.close()
+
+    def _build(self) -> None:
+        self.client = MoEngageClient(self.settings.moengage, stop=self.stop)
+        self.reconciler = Reconciler(self.settings, self.state, self.client, stop=self.stop)
+
+    def _teardown(self) -> None:
+        if self.reconciler:
+            self.reconciler.close()
+        if self.client:
+            self.client.close()
+
+    def _reload(self) -> None:
+        """SIGHUP: read the config again; keep the old one when the new one is broken."""
+        self.reload.clear()
+        try:
+            settings = load_settings(self.config_path)
+            require_credentials(settings)
+        except CohortSyncError as exc:
+            log.error("config reload failed, keeping the running config: %s", exc)
+            return
+        self._teardown()
+        self.settings = settings
+        self.metrics.forget_client()
+        self._build()
+        log.info("config reloaded")
+
+    # --- the worker -------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            work = self.queue.take(timeout=TICK)
+            if work is None:
+                continue
+            if self.reload.is_set():
+                self._reload()
+            self._reconcile(work)
+
+    def _reconcile(self, work: Work) -> None:
+        assert self.reconciler is not None and self.client is not None
+        if work.git_pull and self.settings.daemon.git_pull:
+            git_pull(self.settings.cohorts_dir)
+        started = time.monotonic()
+        specs = self.reconciler.load()
+        for err in specs.errors:
+            log.error("spec %s", err)
+        self._index_specs(specs)
+        log.info("reconciling %s", work.describe())
+        try:
+            report = self.reconciler.apply(specs, work.only, trigger=",".join(sorted(work.reasons))[:32])
+        except CohortSyncError as exc:  # the state database went away: try again on the next trigger
+            log.error("reconcile failed: %s", exc)
+            return
+        for o in report.outcomes:
+            level = logging.INFO if o.ok else logging.ERROR
+            log.log(level, "cohort %s: %s (+%d -%d)%s", o.plan.id, o.result, o.sent_adds, o.sent_removes,
+                    f": {o.error or o.plan.reason}" if (o.error or not o.ok) else "")
+        self._after(report, started)
+
+    def _after(self, report: RunReport, started: float) -> None:
+        assert self.client is not None
+        records = self.state.cohorts()
+        self.metrics.observe_run(report, time.monotonic() - started,
+                                 {cid: r.synced_count for cid, r in records.items()},
+                                 {cid: r.last_success_at for cid, r in records.items() if r.last_success_at})
+        self.metrics.observe_client(self.client.stats, self.client.limiter.waits)
+        now = time.time()
+        with self._lock:
+            for o in report.outcomes:
+                self._due[o.plan.id] = now + self._schedule(o.plan.id) * random.uniform(1 - JITTER, 1 + JITTER)
+            self._last_run = {"run_id": report.run_id, "finished_at": now, "ok": report.ok, "stopped": report.stopped}
+
+    def _schedule(self, cohort_id: str) -> float:
+        spec = self._specs.specs.get(cohort_id) if self._specs else None
+        return (spec.schedule if spec and spec.schedule else None) or self.settings.daemon.interval
+
+    # --- triggers -------------------------------------------------------------------------
+    def _timers(self) -> None:
+        while not self.stop.wait(TICK):
+            now = time.time()
+            with self._lock:
+                due = {cid for cid, at in self._due.items() if at <= now}
+                for cid in due:
+                    del self._due[cid]
+            if due:
+                self.queue.put(due, "timer")
+
+    def _watch(self) -> Watcher:
+        watcher = Watcher(self.settings.cohorts_dir, self.settings.daemon.debounce, self._on_files)
+        watcher.start()
+        return watcher
+
+    def _on_files(self, paths: set[Path]) -> None:
+        with self._lock:
+            affected: set[str] = set()
+            for path in paths:
+                if path in self._index:
+                    affected |= self._index[path]
+                elif path.suffix.lower() in (".yaml", ".yml") or path == self.settings.cohorts_dir.resolve():
+                    affected = {ALL}  # a new spec, or one never loaded: look at everything
+                    break
+        if affected:
+            log.info("%d file(s) changed", len(paths))
+            self.queue.put(ALL if ALL in affected else affected, "files")
+
+    def _index_specs(self, specs: SpecSet) -> None:
+        """Which files each cohort depends on, for mapping file events to cohorts."""
+        root = self.settings.cohorts_dir.resolve()
+        index: dict[Path, set[str]] = {}
+        for spec in specs.specs.values():
+            index.setdefault(root / spec.file, set()).add(spec.id)
+            if spec.source.path is not None:
+                index.setdefault(spec.source.path, set()).add(spec.id)
+        for file, cid in specs.broken.items():
+            if cid:
+                index.setdefault(root / file, set()).add(cid)
+        with self._lock:
+            for path, ids in self._index.items():  # deleted specs still map to their cohort: an orphan
+                if path not in index and path.suffix.lower() in (".yaml", ".yml"):
+                    index[path] = ids
+            self._index, self._specs = index, specs
+
+    def _on_http(self, cohorts: list[str], source: str) -> dict:
+        self.metrics.triggers.labels(source).inc()
+        self.queue.put(set(cohorts) if cohorts else ALL, source, git_pull=True)
+        return {"accepted": True, "cohorts": cohorts or "all"}
+
+    # --- HTTP -------------------------------------------------------------------------------
+    def _api(self) -> DaemonAPI:
+        return DaemonAPI(
+            healthy=lambda: not self.stop.is_set(),
+            ready=self._ready,
+            metrics=self._metrics,
+            status=self._status,
+            reconcile=self._on_http,
+            token=self.settings.daemon.token,
+            webhook_secret=self.settings.daemon.webhook_secret,
+        )
+
+    def _ready(self) -> tuple[bool, str]:
+        try:
+            self.state.schema_version()
+        except StateError as exc:
+            return False, f"state unreachable: {exc}"
+        if self._specs is None:
+            return False, "specs not loaded yet"
+        return True, f"{len(self._specs.specs)} cohort(s) loaded, {len(self._specs.errors)} spec error(s)"
+
+    def _metrics(self) -> tuple[bytes, str]:
+        self.metrics.up.set(1 if self._ready()[0] else 0)
+        return self.metrics.exposition(), CONTENT_TYPE
+
+    def _status(self) -> dict:
+        records = self.state.cohorts()
+        with self._lock:
+            due = dict(self._due)
+            last = dict(self._last_run)
+        return {"format_version": 1, "cohorts": [{**row, "next_run_in": round(due[row["id"]] - time.time(), 1)
+                                                  if row["id"] in due else None}
+                                                 for row in render.status_rows(records)],
+                "last_run": last, "queue_pending": self.queue.pending}
+
+
+def git_pull(cohorts_dir: Path) -> None:
+    """`git pull --ff-only` in the repository holding the cohorts; a failure is logged, not fatal."""
+    try:
+        top = subprocess.run(["git", "-C", str(cohorts_dir), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()
+        out = subprocess.run(["git", "-C", top, "pull", "--ff-only", "--quiet"], capture_output=True, text=True,
+                             timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.error("git pull failed: %s", exc)
+        return
+    if out.returncode != 0:
+        log.error("git pull --ff-only failed: %s", (out.stderr or out.stdout).strip()[:500])
+    else:
+        log.info("git pull --ff-only done in %s", top)
+
+
+def run(args: object) -> int:
+    daemon = Daemon(getattr(args, "config", None))
+    daemon.install_signals()
+    return daemon.run()
