@@ -236,3 +236,40 @@ def test_json_logs(tmp_path, emulator, env):
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     assert any(rec["message"].startswith("cohort beta: converged") for rec in lines)
     assert all({"time", "level", "logger", "message"} <= set(rec) for rec in lines)
+
+
+def test_sighup_reloads_the_config(tmp_path, emulator, daemons):
+    repo = Repo(tmp_path, base_url=emulator.url)
+    repo.file_cohort("beta", USERS[:5])
+    daemon = daemons(repo)
+    eventually(lambda: emulator.members("beta") == USERS[:5])
+    daemon.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: "config reloaded" in daemon.logs())
+    repo.uids("beta", USERS[:6])
+    eventually(lambda: emulator.members("beta") == USERS[:6])
+    assert daemon.stop() == 0
+
+
+def test_trigger_pulls_the_repository_first(tmp_path, emulator, daemons):
+    import subprocess
+
+    def git(cwd, *args):
+        subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
+                       env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@x", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+
+    origin = Repo(tmp_path / "origin", base_url=emulator.url)
+    origin.file_cohort("beta", USERS[:5])
+    git(origin.root, "init", "-q", "-b", "main")
+    git(origin.root, "add", "cohorts")
+    git(origin.root, "commit", "-qm", "first")
+    git(tmp_path, "clone", "-q", str(origin.root), "clone")
+    clone = Repo(tmp_path / "clone", base_url=emulator.url, daemon={"git_pull": True})
+    daemon = daemons(clone, COHORTSYNC_INTERVAL="1h")
+    eventually(lambda: emulator.members("beta") == USERS[:5])
+    origin.uids("beta", USERS[:8])
+    git(origin.root, "commit", "-qam", "more beta testers")
+    assert daemon.trigger() == 202
+    eventually(lambda: emulator.members("beta") == USERS[:8])
+    assert "git pull --ff-only done" in daemon.logs()
+    assert daemon.stop() == 0
