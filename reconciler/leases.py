@@ -55,17 +55,38 @@ class Lease:
                     .values(holder=self.me.holder, host=self.me.host, pid=self.me.pid, expires_at=now + self.ttl)
                 ).rowcount
                 if not taken:
-                    row = conn.execute(sa.select(leases).where(leases.c.name == self.name)).first()
-                    if row is not None:
-                        holder = Holder(row.holder, row.host, row.pid, row.expires_at)
-                        raise LeaseHeld(f"another writer holds the state lease: {holder.describe()}; "
-                                        "wait for it to finish, or stop it")
-                    conn.execute(leases.insert().values(name=self.name, holder=self.me.holder, host=self.me.host,
-                                                        pid=self.me.pid, expires_at=now + self.ttl))
+                    self._take_over(conn, now)
         except IntegrityError as exc:  # two writers inserted at once: the other won
             raise LeaseHeld("another writer took the state lease at the same moment") from exc
         except SQLAlchemyError as exc:
             raise StateError(f"state database: {short_message(exc)}") from exc
+
+    def _take_over(self, conn: sa.Connection, now: float) -> None:
+        """No live lease of ours: insert one, or take a dead local holder's, or name the holder."""
+        mine = {"holder": self.me.holder, "host": self.me.host, "pid": self.me.pid, "expires_at": now + self.ttl}
+        row = conn.execute(sa.select(leases).where(leases.c.name == self.name)).first()
+        if row is None:
+            conn.execute(leases.insert().values(name=self.name, **mine))
+            return
+        if self._dead_here(row):
+            log.warning("taking over the state lease of %s (pid %d on this host is gone)", row.holder, row.pid)
+            if conn.execute(leases.update().where(leases.c.name == self.name, leases.c.holder == row.holder)
+                            .values(**mine)).rowcount:
+                return
+        holder = Holder(row.holder, row.host, row.pid, row.expires_at)
+        raise LeaseHeld(f"another writer holds the state lease: {holder.describe()}; wait for it to finish, or stop it")
+
+    def _dead_here(self, row: sa.Row) -> bool:
+        """A holder on this very host whose process is gone need not be waited out."""
+        if row.host != self.me.host or row.pid == self.me.pid:
+            return False
+        try:
+            os.kill(row.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def renew(self) -> bool:
         """Extend the lease; False when it was lost (expired and taken over)."""
