@@ -128,7 +128,7 @@ def explain(error: jsonschema.ValidationError) -> str:
         return f"unknown key {', '.join(map(repr, extra))}; allowed keys: {allowed}"
     if v == "required":
         return error.message.replace("is a required property", "is required")
-    if v == "oneOf" and "sql" in schema.get("properties", {}):
+    if v == "oneOf" and "sql" in schema.get("properties", {}) and isinstance(error.instance, dict):
         given = [k for k in ("sql", "sql_file", "file") if k in (error.instance or {})]
         return f"exactly one of sql, sql_file, file is required (found: {', '.join(given) or 'none'})"
     if v == "oneOf" and error.path and error.path[-1] == "max_removals":
