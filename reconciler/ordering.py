@@ -1,4 +1,7 @@
-"""Sorted, unique uid streams in Python's code-point order, with memory bounded.
+"""Sorted, unique uid streams in Python's code-point order, as chunks, with memory bounded.
+
+Streams travel as chunks (lists of a few tens of thousands of uids) so that the per-uid work
+happens in C (sorting, set arithmetic, bisect) rather than in a Python loop per uid.
 
 The merge diff needs both sides in the same order. A source may already deliver that order
 (a sorted file, an ORDER BY with a binary collation): `checked` passes it through and raises
@@ -8,55 +11,75 @@ spilled to temporary files and merged, so memory stays flat whatever the cohort 
 from __future__ import annotations
 
 import heapq
+import operator
 import tempfile
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import IO
 
 RUN_SIZE = 500_000  # uids sorted in memory at once (about 40 MB of short strings)
+CHUNK = 50_000  # uids per chunk handed downstream
 
 
 class OutOfOrder(Exception):
     """A stream that was expected sorted was not; the caller falls back to sorting."""
 
 
-def checked(uids: Iterable[str]) -> Iterator[str]:
-    """Pass a sorted stream through, dropping duplicates; raise OutOfOrder on a step back."""
-    prev: str | None = None
-    for uid in uids:
-        if prev is not None and uid <= prev:
-            if uid == prev:
+def _all(op: object, chunk: list[str]) -> bool:
+    return all(map(op, chunk, islice(chunk, 1, None)))  # type: ignore[call-overload]
+
+
+def checked(chunks: Iterable[list[str]]) -> Iterator[list[str]]:
+    """Pass sorted chunks through, duplicates dropped; raise OutOfOrder on any step back."""
+    last: str | None = None
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if not _all(operator.lt, chunk):  # strictly ascending is the common case: no copy, no set
+            if not _all(operator.le, chunk):
+                raise OutOfOrder(f"out of order within {chunk[0]!r}..{chunk[-1]!r}")
+            chunk = unique(chunk)
+        if last is not None:
+            if chunk[0] < last:
+                raise OutOfOrder(f"{chunk[0]!r} came after {last!r}")
+            start = bisect_right(chunk, last)  # copies of `last` carried over from the previous chunk
+            chunk = chunk[start:] if start else chunk
+            if not chunk:
                 continue
-            raise OutOfOrder(f"{uid!r} came after {prev!r}")
-        prev = uid
-        yield uid
+        last = chunk[-1]
+        yield chunk
 
 
-def unique(sorted_uids: Iterable[str]) -> Iterator[str]:
-    prev: str | None = None
-    for uid in sorted_uids:
-        if uid != prev:
-            yield uid
-            prev = uid
+def unique(sorted_chunk: list[str]) -> list[str]:
+    """Adjacent duplicates removed."""
+    return [u for i, u in enumerate(sorted_chunk) if i == 0 or u != sorted_chunk[i - 1]]
 
 
-def external_sort(uids: Iterable[str], run_size: int = RUN_SIZE) -> Iterator[str]:
-    """Sorted and unique, whatever the input size; uids must hold no newline (sources check)."""
+def rechunk(uids: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
+    it = iter(uids)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def external_sort(chunks: Iterable[list[str]], run_size: int = RUN_SIZE) -> Iterator[list[str]]:
+    """Sorted, unique chunks whatever the input size; uids must hold no newline (sources check)."""
     runs: list[IO[bytes]] = []
     try:
         run: list[str] = []
-        for uid in uids:
-            run.append(uid)
+        for chunk in chunks:
+            run.extend(chunk)
             if len(run) >= run_size:
                 runs.append(_spill(run))
                 run = []
         if not runs:
             run.sort()
-            yield from unique(run)
+            yield from checked(rechunk(run))
             return
         if run:
             runs.append(_spill(run))
         del run
-        yield from unique(heapq.merge(*(_read(r) for r in runs)))
+        yield from checked(rechunk(heapq.merge(*(_read(r) for r in runs))))
     finally:
         for r in runs:
             r.close()
@@ -65,12 +88,12 @@ def external_sort(uids: Iterable[str], run_size: int = RUN_SIZE) -> Iterator[str
 def _spill(run: list[str]) -> IO[bytes]:
     run.sort()
     fh = tempfile.TemporaryFile(prefix="cohortsync-sort-")
-    fh.write("\n".join(unique(run)).encode("utf-8"))
+    fh.write("\n".join(run).encode("utf-8"))
     fh.write(b"\n")
     fh.seek(0)
     return fh
 
 
 def _read(fh: IO[bytes]) -> Iterator[str]:
-    for line in fh:
-        yield line[:-1].decode("utf-8")
+    for block in iter(lambda: fh.readlines(1 << 20), []):
+        yield from (line[:-1].decode("utf-8") for line in block)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from reconciler.batching import Envelope, Packer
-from reconciler.diffs import ADD, Tally, merge_diff
+from reconciler.diffs import Tally, merge_diff
 from reconciler.errors import CohortApiError, SourceError, StateError
 from reconciler.ordering import OutOfOrder, checked, external_sort
 from reconciler.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
@@ -35,12 +35,15 @@ class Spill:
         self.count = 0
         self.samples: list[str] = []
 
-    def write(self, uid: str) -> None:
-        self._packer.add(uid)  # counts requests; raises CohortApiError for an unsendable uid
-        self._file.write(uid.encode("utf-8") + b"\n")
-        self.count += 1
+    def write(self, uids: list[str]) -> None:
+        if not uids:
+            return
+        for uid in uids:
+            self._packer.add(uid)  # counts requests; raises CohortApiError for an unsendable uid
+        self._file.write("\n".join(uids).encode("utf-8") + b"\n")
+        self.count += len(uids)
         if len(self.samples) < SAMPLES:
-            self.samples.append(uid)
+            self.samples.extend(uids[: SAMPLES - len(self.samples)])
 
     @property
     def requests(self) -> int:
@@ -92,7 +95,7 @@ class Planner:
                 plan.desired = record.synced_count  # type: ignore[union-attr]
                 log.debug("cohort %s: spec and source unchanged since it converged", spec.id)
                 return prepared
-            self._diff(prepared, spec, source.uids)
+            self._diff(prepared, spec, source.chunks)
         except (SourceError, CohortApiError, StateError) as exc:
             prepared.close()
             plan.status, plan.reason = ERROR, getattr(exc, "message", str(exc))
@@ -111,40 +114,39 @@ class Planner:
             plan.reason = reason or "its spec is gone; members left as they are (prune to empty it)"
             return prepared
         prepared.removes = self._spill("remove_members", plan)
-        for uid in self.state.synced_uids(record.id):
-            prepared.removes.write(uid)
+        for chunk in self.state.synced_chunks(record.id):
+            prepared.removes.write(chunk)
         plan.desired, plan.removes = 0, prepared.removes.count
         plan.requests, plan.sample_removes = prepared.removes.requests, prepared.removes.samples
         plan.reason = "its spec is gone; pruning empties it"
         return prepared
 
-    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, uids: Callable[[], Iterator[str]]) -> None:
+    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, chunks: Callable[[], Iterator[list[str]]]) -> None:
         try:
-            self._spill_diff(prepared, spec, checked(uids()))
+            self._spill_diff(prepared, spec, checked(chunks()))
         except OutOfOrder as exc:
             log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
             prepared.close()
-            self._spill_diff(prepared, spec, external_sort(uids()))
+            self._spill_diff(prepared, spec, external_sort(chunks()))
 
-    def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[str]) -> None:
+    def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]]) -> None:
         plan = prepared.plan
         prepared.adds = adds = self._spill("add_members", plan)
         prepared.removes = removes = self._spill("remove_members", plan)
         tally = Tally()
         mirror = spec.mode == "mirror"
-        for op, uid in merge_diff(desired, self._synced(spec.id), tally):
-            if op == ADD:
-                adds.write(uid)
-            elif mirror:
-                removes.write(uid)
+        for added, removed in merge_diff(desired, self._synced(spec.id), tally):
+            adds.write(added)
+            if mirror:
+                removes.write(removed)
         plan.desired, plan.synced = tally.desired, tally.synced
         plan.adds, plan.removes = adds.count, removes.count
         plan.requests = adds.requests + removes.requests
         plan.sample_adds, plan.sample_removes = adds.samples, removes.samples
 
-    def _synced(self, cohort_id: str) -> Iterator[str]:
+    def _synced(self, cohort_id: str) -> Iterator[list[str]]:
         try:
-            yield from checked(self.state.synced_uids(cohort_id))
+            yield from checked(self.state.synced_chunks(cohort_id))
         except OutOfOrder as exc:
             raise StateError(f"members of {cohort_id} do not come back in code-point order ({exc}): "
                              "the state database's uid column needs a binary collation") from exc

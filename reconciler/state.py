@@ -187,16 +187,32 @@ class StateStore:
             rows = conn.execute(sa.select(cohorts).order_by(cohorts.c.id)).all()
         return {r.id: CohortRecord(**r._mapping) for r in rows}
 
-    def synced_uids(self, cohort_id: str) -> Iterator[str]:
-        """The acknowledged members, sorted in code-point order, streamed."""
+    def synced_chunks(self, cohort_id: str) -> Iterator[list[str]]:
+        """The acknowledged members, sorted in code-point order, streamed in lists."""
         query = sa.select(members.c.uid).where(members.c.cohort_id == cohort_id).order_by(members.c.uid)
+        compiled = query.compile(dialect=self.engine.dialect)
+        params: Any = ([compiled.params[k] for k in compiled.positiontup or []] if compiled.positional
+                       else compiled.params)
         try:
-            with self.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=READ_ROWS).execute(query)
-                for row in result:
-                    yield row[0]
+            raw = self.engine.raw_connection()  # the driver's own cursor: ten million rows without Row objects
         except SQLAlchemyError as exc:
             raise StateError(f"cannot read members of {cohort_id}: {short_message(exc)}") from exc
+        driver_error = self.engine.dialect.loaded_dbapi.Error  # every DBAPI driver's own base class
+        try:
+            cursor = _streaming_cursor(raw, self.engine.dialect.name)
+            cursor.execute(str(compiled), params)
+            while rows := cursor.fetchmany(READ_ROWS):
+                yield [row[0] for row in rows]
+            cursor.close()
+        except driver_error as exc:
+            raise StateError(f"cannot read members of {cohort_id}: {short_message(exc)}") from exc
+        finally:
+            raw.rollback()
+            raw.close()
+
+    def synced_uids(self, cohort_id: str) -> Iterator[str]:
+        for chunk in self.synced_chunks(cohort_id):
+            yield from chunk
 
     def count_members(self, cohort_id: str) -> int:
         with self._connect() as conn:
@@ -265,6 +281,15 @@ class StateStore:
 
     def _begin(self) -> "_Wrapped":
         return _Wrapped(self.engine.begin)
+
+
+def _streaming_cursor(raw: Any, dialect: str) -> Any:
+    """A server-side cursor where the driver has one, so rows stream instead of buffering."""
+    if dialect == "postgresql":
+        cursor = raw.driver_connection.cursor(name="cohortsync_members")
+        cursor.itersize = READ_ROWS
+        return cursor
+    return raw.cursor()
 
 
 class _Wrapped:

@@ -5,51 +5,75 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.diffs import ADD, REMOVE, Tally, merge_diff
+from reconciler.diffs import Tally, merge_diff
 from reconciler.ordering import OutOfOrder, checked, external_sort
 from reconciler.plans import BLOCKED, CHANGED, SUSPENDED, UNCHANGED, CohortPlan, guard_verdict, verdict
 from reconciler.specs import MaxRemovals
 
 
+def chunked(uids: list[str], sizes: list[int]) -> list[list[str]]:
+    """Cut a list into chunks of the given sizes (cycled), as sources and state deliver them."""
+    out, i, k = [], 0, 0
+    while i < len(uids):
+        size = sizes[k % len(sizes)] if sizes else len(uids)
+        out.append(uids[i:i + size])
+        i, k = i + size, k + 1
+    return out
+
+
+def diff(desired: list[str], synced: list[str], d_sizes=(), s_sizes=()) -> tuple[list[str], list[str], Tally]:
+    tally = Tally()
+    adds, removes = [], []
+    for a, r in merge_diff(chunked(desired, list(d_sizes)), chunked(synced, list(s_sizes)), tally):
+        adds += a
+        removes += r
+    return adds, removes, tally
+
+
 @pytest.mark.parametrize(
-    "desired, synced, expected",
+    "desired, synced, adds, removes",
     [
-        ([], [], []),
-        (["a", "b"], [], [(ADD, "a"), (ADD, "b")]),
-        ([], ["a", "b"], [(REMOVE, "a"), (REMOVE, "b")]),
-        (["a", "b", "c"], ["a", "b", "c"], []),
-        (["a", "c", "e"], ["b", "c", "d"], [(ADD, "a"), (REMOVE, "b"), (REMOVE, "d"), (ADD, "e")]),
-        (["B", "a"], ["a", "b"], [(ADD, "B"), (REMOVE, "b")]),
+        ([], [], [], []),
+        (["a", "b"], [], ["a", "b"], []),
+        ([], ["a", "b"], [], ["a", "b"]),
+        (["a", "b", "c"], ["a", "b", "c"], [], []),
+        (["a", "c", "e"], ["b", "c", "d"], ["a", "e"], ["b", "d"]),
+        (["B", "a"], ["a", "b"], ["B"], ["b"]),
     ],
 )
-def test_merge_diff_table(desired, synced, expected):
-    tally = Tally()
-    assert list(merge_diff(desired, synced, tally)) == expected
+@pytest.mark.parametrize("sizes", [(), (1,), (2, 1)])
+def test_merge_diff_table(desired, synced, adds, removes, sizes):
+    got_adds, got_removes, tally = diff(desired, synced, sizes, sizes[::-1])
+    assert (got_adds, got_removes) == (adds, removes)
     assert (tally.desired, tally.synced) == (len(desired), len(synced))
 
 
 uid_sets = st.sets(st.text(min_size=1, max_size=8), max_size=200)
+sizes = st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=5)
 
 
-@given(uid_sets, uid_sets)
-def test_merge_diff_equals_set_arithmetic(desired, synced):
-    ops = list(merge_diff(sorted(desired), sorted(synced), Tally()))
-    assert {u for op, u in ops if op == ADD} == desired - synced
-    assert {u for op, u in ops if op == REMOVE} == synced - desired
-    assert [u for _, u in ops] == sorted(u for _, u in ops)
+@given(uid_sets, uid_sets, sizes, sizes)
+def test_merge_diff_equals_set_arithmetic_whatever_the_chunking(desired, synced, d_sizes, s_sizes):
+    adds, removes, tally = diff(sorted(desired), sorted(synced), d_sizes, s_sizes)
+    assert adds == sorted(desired - synced)
+    assert removes == sorted(synced - desired)
+    assert (tally.desired, tally.synced) == (len(desired), len(synced))
 
 
-def test_checked_drops_duplicates_and_refuses_a_step_back():
-    assert list(checked(["a", "a", "b"])) == ["a", "b"]
+def test_checked_drops_duplicates_within_and_across_chunks_and_refuses_a_step_back():
+    assert list(checked([["a", "a", "b"], ["b", "b", "c"], ["c"]])) == [["a", "b"], ["c"]]
     with pytest.raises(OutOfOrder):
-        list(checked(["b", "a"]))
+        list(checked([["b", "a"]]))
+    with pytest.raises(OutOfOrder):
+        list(checked([["b"], ["a"]]))
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=6, alphabet=st.characters(blacklist_categories=["Cs", "Cc"])), max_size=300),
-       st.integers(min_value=1, max_value=50))
-def test_external_sort_equals_sorted_set(uids, run_size):
-    assert list(external_sort(uids, run_size=run_size)) == sorted(set(uids))
+       st.integers(min_value=1, max_value=50), sizes)
+def test_external_sort_equals_sorted_set(uids, run_size, chunk_sizes):
+    out = [u for chunk in external_sort(chunked(uids, chunk_sizes), run_size=run_size) for u in chunk]
+    assert out == sorted(set(uids))
 
 
 @pytest.mark.parametrize(

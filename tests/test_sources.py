@@ -14,6 +14,10 @@ from reconciler.sources import Engines, FileSource, SqlSource, normalize
 from reconciler.specs import CohortSpec, SourceSpec
 
 
+def flat(source) -> list[str]:
+    return [uid for chunk in source.chunks() for uid in chunk]
+
+
 def file_spec(path: Path, column: str | None = None) -> CohortSpec:
     return CohortSpec("c", ".c", SourceSpec("file", path=path, column=column), "c.yaml")
 
@@ -33,24 +37,24 @@ def test_normalize(value, expected):
 def test_txt_strips_skips_blanks_keeps_duplicates_for_the_sorter(tmp_path):
     path = tmp_path / "u.txt"
     path.write_text(" b \n\na\r\nb\n  \n")
-    assert list(FileSource(file_spec(path)).uids()) == ["b", "a", "b"]
+    assert flat(FileSource(file_spec(path))) == ["b", "a", "b"]
 
 
 def test_gz_and_csv(tmp_path):
     gz = tmp_path / "u.txt.gz"
     gz.write_bytes(gzip.compress(b"x\ny\n"))
-    assert list(FileSource(file_spec(gz)).uids()) == ["x", "y"]
+    assert flat(FileSource(file_spec(gz))) == ["x", "y"]
     csv_path = tmp_path / "u.csv.gz"
     csv_path.write_bytes(gzip.compress(b'email,user_id\na@x,"  u1 "\nb@x,u2\nc@x,\n'))
-    assert list(FileSource(file_spec(csv_path, "user_id")).uids()) == ["u1", "u2"]
+    assert flat(FileSource(file_spec(csv_path, "user_id"))) == ["u1", "u2"]
 
 
 def test_csv_defaults_to_uid_column_then_first(tmp_path):
     path = tmp_path / "u.csv"
     path.write_text("name,uid\nA,1\n")
-    assert list(FileSource(file_spec(path)).uids()) == ["1"]
+    assert flat(FileSource(file_spec(path))) == ["1"]
     path.write_text("id,name\n7,A\n")
-    assert list(FileSource(file_spec(path)).uids()) == ["7"]
+    assert flat(FileSource(file_spec(path))) == ["7"]
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -67,7 +71,7 @@ def test_bad_files_are_source_errors(tmp_path, name, content, message):
     path.write_bytes(content)
     column = "nope" if b"user\n" in content else None
     with pytest.raises(SourceError) as info:
-        list(FileSource(file_spec(path, column)).uids())
+        flat(FileSource(file_spec(path, column)))
     assert message in str(info.value)
 
 
@@ -76,7 +80,7 @@ def test_missing_file(tmp_path):
     with pytest.raises(SourceError, match="cannot read"):
         source.digest()
     with pytest.raises(SourceError, match="cannot read"):
-        list(source.uids())
+        flat(source)
 
 
 def test_digest_follows_content_and_column(tmp_path):
@@ -103,7 +107,7 @@ def warehouse(request, tmp_path) -> str:
 def read(url: str, sql: str, timeout: float = 30) -> list[str]:
     engines = Engines({"db": Secret(url)})
     try:
-        return list(SqlSource(sql_spec(sql), engines, timeout).uids())
+        return flat(SqlSource(sql_spec(sql), engines, timeout))
     finally:
         engines.close()
 
@@ -149,3 +153,19 @@ def test_uid_with_newline_from_sql_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'wh.db'}"
     with pytest.raises(SourceError, match="row 1: uid 'a\\\\nb' contains"):
         read(url, "SELECT 'a' || char(10) || 'b'")
+
+
+def test_blocks_split_lines_right_and_count_lines_across_blocks(tmp_path, monkeypatch):
+    import reconciler.sources as sources
+    monkeypatch.setattr(sources, "BLOCK", 16)
+    path = tmp_path / "u.txt"
+    lines = [f"\tuser-{i}\r" for i in range(100)]
+    path.write_text("\n".join(lines))  # no final newline; CRLF and tabs around uids are stripped
+    assert flat(FileSource(file_spec(path))) == [f"user-{i}" for i in range(100)]
+    lines[36] = "user\x0736"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=r"u.txt:37: uid 'user\\x0736'"):
+        flat(FileSource(file_spec(path)))
+    path.write_bytes(("\n".join(f"u{i}" for i in range(50)) + "\n").encode() + b"bad\xff\n")
+    with pytest.raises(SourceError, match="u.txt:51: not valid UTF-8"):
+        flat(FileSource(file_spec(path)))
