@@ -73,5 +73,7 @@ def merge_diff(desired: Iterable[list[str]], synced: Iterable[list[str]], tally:
             tally.desired += len(want)
             tally.synced += len(have)
             if want != have:  # equal ranges are the common case at steady state
-                present, wanted = set(have), set(want)
-                yield sorted(wanted - present), sorted(present - wanted)
+                wanted = set(want)
+                changed = wanted.symmetric_difference(have)  # one set built, the other side only looked up
+                adds = [u for u in changed if u in wanted]
+                yield sorted(adds), sorted(changed.difference(adds))

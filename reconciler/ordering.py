@@ -10,9 +10,14 @@ spilled to temporary files and merged, so memory stays flat whatever the cohort 
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import operator
+import os
+import shutil
+import subprocess
 import tempfile
+import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -63,7 +68,74 @@ def rechunk(uids: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
 
 
 def external_sort(chunks: Iterable[list[str]], run_size: int = RUN_SIZE) -> Iterator[list[str]]:
-    """Sorted, unique chunks whatever the input size; uids must hold no newline (sources check)."""
+    """Sorted, unique chunks whatever the input size; uids must hold no newline (sources check).
+
+    GNU sort does it about five times faster than Python in a few tens of MB (byte order under
+    LC_ALL=C is code-point order for UTF-8); without it, runs are sorted here and merged.
+    """
+    if gnu_sort_available():
+        yield from gnu_sort(chunks)
+    else:
+        yield from python_sort(chunks, run_size)
+
+
+@functools.cache
+def gnu_sort_available() -> bool:
+    exe = shutil.which("sort")
+    if exe is None:
+        return False
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "GNU" in out
+
+
+def gnu_sort(chunks: Iterable[list[str]], memory: str = "64M") -> Iterator[list[str]]:
+    """`sort -u` in a child process, fed from a thread so neither side blocks the other."""
+    env = {**os.environ, "LC_ALL": "C"}
+    proc = subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir()],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    failure: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            for chunk in chunks:
+                if chunk:
+                    proc.stdin.write("\n".join(chunk).encode("utf-8") + b"\n")  # type: ignore[union-attr]
+        except BaseException as exc:  # handed to the reading side, which raises it
+            failure.append(exc)
+        finally:
+            try:
+                proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, name="sort-feeder", daemon=True)
+    feeder.start()
+    try:
+        tail = b""
+        for block in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+            block = tail + block
+            cut = block.rfind(b"\n")
+            tail, block = block[cut + 1:], block[:cut]
+            if block:
+                yield block.decode("utf-8").split("\n")
+        feeder.join()
+        if failure:
+            raise failure[0]
+        if proc.wait() != 0:
+            raise OSError(f"sort exited with status {proc.returncode}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def python_sort(chunks: Iterable[list[str]], run_size: int = RUN_SIZE) -> Iterator[list[str]]:
+    """Runs of `run_size` sorted in memory, spilled, and merged."""
     runs: list[IO[bytes]] = []
     try:
         run: list[str] = []

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.diffs import Tally, merge_diff
-from reconciler.ordering import OutOfOrder, checked, external_sort
+from reconciler.ordering import OutOfOrder, checked, external_sort, gnu_sort, gnu_sort_available, python_sort
 from reconciler.plans import BLOCKED, CHANGED, SUSPENDED, UNCHANGED, CohortPlan, guard_verdict, verdict
 from reconciler.specs import MaxRemovals
 
@@ -72,8 +72,25 @@ def test_checked_drops_duplicates_within_and_across_chunks_and_refuses_a_step_ba
 @given(st.lists(st.text(min_size=1, max_size=6, alphabet=st.characters(blacklist_categories=["Cs", "Cc"])), max_size=300),
        st.integers(min_value=1, max_value=50), sizes)
 def test_external_sort_equals_sorted_set(uids, run_size, chunk_sizes):
-    out = [u for chunk in external_sort(chunked(uids, chunk_sizes), run_size=run_size) for u in chunk]
+    out = [u for chunk in python_sort(chunked(uids, chunk_sizes), run_size=run_size) for u in chunk]
     assert out == sorted(set(uids))
+    if gnu_sort_available():
+        assert [u for chunk in gnu_sort(chunked(uids, chunk_sizes)) for u in chunk] == sorted(set(uids))
+
+
+def test_external_sort_of_many_uids_in_code_point_order():
+    import random
+    rng = random.Random(3)
+    uids = [rng.choice(["", "é", "Z", "a", "中", "😀", "-"]) + f"{rng.randrange(10**6)}" for _ in range(200_000)]
+    assert [u for chunk in external_sort(chunked(uids, [30_000])) for u in chunk] == sorted(set(uids))
+
+
+def test_a_failing_source_fails_the_sort():
+    def broken():
+        yield ["b", "a"]
+        raise ValueError("source broke")
+    with pytest.raises(ValueError, match="source broke"):
+        list(external_sort(broken()))
 
 
 @pytest.mark.parametrize(
