@@ -125,8 +125,14 @@ def test_reconcile_endpoint_auth_and_metrics(tmp_path, emulator, daemons):
 
     assert daemon.request("GET", "/healthz")[0] == 200
     assert daemon.request("GET", "/readyz")[0] == 200
-    status, text = daemon.request("GET", "/metrics")
-    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    def families() -> dict:
+        return {f.name: f for f in text_string_to_metric_families(daemon.request("GET", "/metrics")[1].decode())}
+
+    def added_sql() -> float:  # metrics are updated when the run ends, a moment after the last batch
+        return sum(s.value for s in families()["cohortsync_members_added"].samples
+                   if s.name.endswith("_total") and s.labels.get("cohort") == "sql")
+    eventually(lambda: added_sql() == 3)
+    families = families()
     assert {"cohortsync_reconciles", "cohortsync_members_added", "cohortsync_requests", "cohortsync_synced_members",
             "cohortsync_last_success_timestamp_seconds", "cohortsync_reconcile_duration_seconds",
             "cohortsync_retries", "cohortsync_rate_limit_waits", "cohortsync_triggers"} <= set(families)
