@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reconciler import __version__, commands, demo, logs
-from reconciler.daemon import running, triggering
+import importlib
+from collections.abc import Callable
+
+from reconciler import __version__, logs
 from reconciler.emulator import main as emulator_main
 from reconciler.errors import CohortSyncError, SpecErrors
 
@@ -21,46 +23,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", parents=[common], help="check every spec and the config")
-    p.set_defaults(func=commands.validate)
+    p.set_defaults(func="reconciler.commands:validate")
 
     p = sub.add_parser("plan", parents=[common], help="show what apply would send, per cohort")
     _selection(p)
     p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 when something does")
-    p.set_defaults(func=commands.plan)
+    p.set_defaults(func="reconciler.commands:plan")
 
     p = sub.add_parser("apply", parents=[common], help="reconcile now")
     _selection(p)
     p.add_argument("--dry-run", action="store_true", help="plan and report, send nothing, write nothing")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=commands.apply)
+    p.set_defaults(func="reconciler.commands:apply")
 
     p = sub.add_parser("status", parents=[common], help="per cohort: synced members, last run, last error")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=commands.status)
+    p.set_defaults(func="reconciler.commands:status")
 
     p = sub.add_parser("history", parents=[common], help="past runs with counts")
     p.add_argument("--cohort", metavar="ID")
     p.add_argument("--limit", type=int, default=20, metavar="N")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=commands.history)
+    p.set_defaults(func="reconciler.commands:history")
 
     p = sub.add_parser("run", parents=[common], help="the daemon: reconcile on file change, timer and trigger")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="json for log collectors")
-    p.set_defaults(func=running.run, verbose_floor=1)
+    p.set_defaults(func="reconciler.daemon.running:run", verbose_floor=1)
 
     p = sub.add_parser("trigger", parents=[common], help="ask a running daemon to reconcile now (CI after a merge)")
     p.add_argument("--url", help="the daemon's URL (default: COHORTSYNC_URL, else http://<daemon.listen>)")
     p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
-    p.set_defaults(func=triggering.run)
+    p.set_defaults(func="reconciler.daemon.triggering:run")
 
     p = sub.add_parser("emulator", parents=[common], help="a local stand-in for the MoEngage API")
     emulator_main.add_arguments(p)
-    p.set_defaults(func=emulator_main.run)
+    p.set_defaults(func="reconciler.emulator.main:run")
 
     p = sub.add_parser("demo", parents=[common], help="the example cohorts applied to the emulator, end to end")
-    p.set_defaults(func=demo.run)
+    p.set_defaults(func="reconciler.demo:run")
     return parser
 
 
@@ -70,11 +72,17 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune", action="store_true", help="empty cohorts whose spec was deleted")
 
 
+def _command(target: str) -> Callable[[argparse.Namespace], int]:
+    """Import a command's module only when it runs: `plan` need not load the daemon's libraries."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(max(args.verbose, getattr(args, "verbose_floor", 0)), getattr(args, "log_format", "text"))
     try:
-        return int(args.func(args) or 0)
+        return int(_command(args.func)(args) or 0)
     except SpecErrors as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -169,3 +169,4 @@ def _spill(run: list[str]) -> IO[bytes]:
 def _read(fh: IO[bytes]) -> Iterator[str]:
     for block in iter(lambda: fh.readlines(1 << 20), []):
         yield from (line[:-1].decode("utf-8") for line in block)
+

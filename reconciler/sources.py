@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from reconciler.cursors import streaming_cursor
 from reconciler.errors import SourceError, short_message
 from reconciler.settings import Secret
 from reconciler.specs import CohortSpec
@@ -213,20 +214,23 @@ class SqlSource:
             raise SourceError(self.cohort_id, f"no connection named {self.connection!r} in the config") from None
         except (SQLAlchemyError, ValueError, ImportError) as exc:
             raise SourceError(self.cohort_id, f"connection {self.connection!r}: {short_message(exc)}") from exc
+        driver_error = engine.dialect.loaded_dbapi.Error  # the driver's own base class
         try:
             with engine.connect() as conn:
                 read_only(conn, self.timeout)
-                result = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(sa.text(self.sql))
-                yield from self._rows(result)
+                cursor = streaming_cursor(conn.connection.driver_connection, conn.dialect.name, "cohortsync_source")
+                cursor.execute(self.sql)  # as written: the driver sees exactly the user's SQL
+                yield from self._rows(cursor)
+                cursor.close()
                 conn.rollback()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, driver_error) as exc:
             raise SourceError(self.cohort_id, f"query on {self.connection!r} failed: {short_message(exc)}") from exc
 
-    def _rows(self, result: sa.CursorResult) -> Iterator[list[str]]:
-        if not result.returns_rows:
+    def _rows(self, cursor: Any) -> Iterator[list[str]]:
+        if cursor.description is None:
             raise SourceError(self.cohort_id, "the query returns no rows: it must be a SELECT whose first column is the uid")
         seen = 0
-        for rows in result.partitions(STREAM_ROWS):
+        while rows := cursor.fetchmany(STREAM_ROWS):
             try:
                 uids = clean([row[0] for row in rows])
             except UnicodeDecodeError:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from reconciler.cursors import streaming_cursor
 from reconciler.errors import StateError, short_message
 
 SCHEMA_VERSION = 1
@@ -199,7 +200,7 @@ class StateStore:
             raise StateError(f"cannot read members of {cohort_id}: {short_message(exc)}") from exc
         driver_error = self.engine.dialect.loaded_dbapi.Error  # every DBAPI driver's own base class
         try:
-            cursor = _streaming_cursor(raw, self.engine.dialect.name)
+            cursor = streaming_cursor(raw.driver_connection, self.engine.dialect.name, "cohortsync_members")
             cursor.execute(str(compiled), params)
             while rows := cursor.fetchmany(READ_ROWS):
                 yield [row[0] for row in rows]
@@ -281,15 +282,6 @@ class StateStore:
 
     def _begin(self) -> "_Wrapped":
         return _Wrapped(self.engine.begin)
-
-
-def _streaming_cursor(raw: Any, dialect: str) -> Any:
-    """A server-side cursor where the driver has one, so rows stream instead of buffering."""
-    if dialect == "postgresql":
-        cursor = raw.driver_connection.cursor(name="cohortsync_members")
-        cursor.itersize = READ_ROWS
-        return cursor
-    return raw.cursor()
 
 
 class _Wrapped:

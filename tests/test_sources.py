@@ -169,3 +169,8 @@ def test_blocks_split_lines_right_and_count_lines_across_blocks(tmp_path, monkey
     path.write_bytes(("\n".join(f"u{i}" for i in range(50)) + "\n").encode() + b"bad\xff\n")
     with pytest.raises(SourceError, match="u.txt:51: not valid UTF-8"):
         flat(FileSource(file_spec(path)))
+
+
+def test_a_statement_without_rows_is_an_error(warehouse):
+    with pytest.raises(SourceError):
+        read(warehouse, "UPDATE customers SET ltv = 0 WHERE 1 = 0")

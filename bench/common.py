@@ -1,0 +1,115 @@
+"""Shared pieces of the benchmarks: data generation, timing child processes, printing figures.
+
+Every benchmark prints its figure beside a baseline measured in the same run on the same
+data, so the ratio means something on a noisy shared machine where absolute seconds do not.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SIZES = {"k": 1_000, "m": 1_000_000}
+
+
+def size(text: str) -> int:
+    """'10M' -> 10_000_000, '250k' -> 250_000, '5000' -> 5000."""
+    text = text.strip().lower()
+    return int(float(text[:-1]) * SIZES[text[-1]]) if text[-1] in SIZES else int(text)
+
+
+def parser(description: str, default: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--size", type=size, default=size(default), help=f"members (default {default}; the target is 10M)")
+    p.add_argument("--workdir", type=Path, default=None, help="where to build the data (default: a temp dir)")
+    return p
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss_mb: float
+    output: str
+
+
+def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> Run:
+    """Wall time and peak RSS of one child process (os.wait4 reports that child's own peak)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            cwd=cwd)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.stdout.close()
+    if os.waitstatus_to_exitcode(status) not in (0, 2):
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out}")
+    return Run(seconds, usage.ru_maxrss / 1024, out)
+
+
+def uid(rng: random.Random, prefix: str = "u") -> str:
+    return f"{prefix}{rng.randrange(10**11):011d}"  # 12 characters, as in the issue's figures
+
+
+def churned(n: int, churn: float, seed: int = 1) -> tuple[list[str], list[str]]:
+    """(synced, desired): n sorted uids, and the same with `churn` of them swapped for new ones."""
+    rng = random.Random(seed)
+    synced = sorted({uid(rng) for _ in range(int(n * 1.001))})[:n]
+    k = int(n * churn / 2)
+    gone = set(rng.sample(synced, k))
+    desired = sorted([u for u in synced if u not in gone] + [uid(rng, "v") for _ in range(k)])
+    return synced, desired
+
+
+def write_state(path: Path, cohorts: dict[str, list[str]], digests: dict[str, tuple[str, str]] | None = None) -> None:
+    """A state database holding these members as synced (written directly: fast, and the same bytes)."""
+    from reconciler.state import StateStore
+    if path.exists():
+        path.unlink()
+    StateStore.open(f"sqlite:///{path}").close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("BEGIN")
+    for cid, uids in cohorts.items():
+        db.executemany("INSERT INTO cs_members (cohort_id, uid) VALUES (?, ?)", ((cid, u) for u in uids))
+        spec_digest, source_digest = (digests or {}).get(cid, (None, None))
+        db.execute("INSERT INTO cs_cohorts (id, name, synced_count, converged, spec_digest, source_digest, last_status)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)", (cid, f".{cid}", len(uids), digests is not None, spec_digest,
+                                                     source_digest, "converged" if digests else None))
+    db.commit()
+    db.close()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
+
+
+def report(title: str, rows: list[tuple[str, str]], verdicts: list[tuple[str, bool]]) -> bool:
+    print(f"\n{title}\n  machine: {machine()}")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    for text, ok in verdicts:
+        print(f"  [{'PASS' if ok else 'MISS'}] {text}")
+    return all(ok for _, ok in verdicts)
+
+
+def cohortsync(*args: str) -> list[str]:
+    return [sys.executable, "-m", "reconciler", *args]
