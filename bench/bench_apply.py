@@ -23,7 +23,7 @@ WS, KEY = "BENCH_WS", "bench-key"
 
 
 def main() -> int:
-    p = parser(__doc__, "1M")
+    p = parser(__doc__, "200k")
     p.add_argument("--rate", default="10/2s", type=RateLimit.parse, help="the window, client and emulator alike")
     args = p.parse_args()
     _, uids = churned(args.size, 0.0)

@@ -43,7 +43,11 @@ class Run:
 
 
 def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> Run:
-    """Wall time and peak RSS of one child process (os.wait4 reports that child's own peak)."""
+    """Wall time and peak RSS of one child process (os.wait4 reports that child's own peak).
+
+    Linux starts a child's peak at its parent's peak (fork, then exec), so a benchmark builds
+    its data in a child too and never holds it itself.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             cwd=cwd)

@@ -243,3 +243,31 @@ def test_unchanged_file_cohort_is_not_read_again(repo, emulator, capsys):
     # the digest matches, so the plan trusts the state without reading the file's uids
     code, plans = plan_json(repo, capsys)
     assert plans["beta"]["status"] == "unchanged" and plans["beta"]["desired"] == 5
+
+
+@pytest.mark.postgres
+def test_sql_source_in_a_non_c_collation_still_diffs_right(repo, emulator, capsys, request):
+    """ORDER BY in an ICU collation puts 'B' after 'a'; the merge diff needs code-point order,
+    so the order is checked and the source sorted on our side."""
+    url = request.getfixturevalue("postgres_schema")
+    engine = sa.create_engine(url)
+    mixed = ["alpha", "Beta", "beta", "Zulu", "zulu", "éclair", "Éclair", "a-1", "a_1", "A1", "中文", "10", "9"]
+    with engine.begin() as conn:
+        conn.exec_driver_sql('CREATE TABLE people (uid TEXT COLLATE "en-x-icu")')
+        conn.execute(sa.text("INSERT INTO people VALUES (:u)"), [{"u": u} for u in mixed])
+        ordered = [r[0] for r in conn.exec_driver_sql("SELECT uid FROM people ORDER BY uid")]
+    assert ordered != sorted(mixed)  # the database really orders differently
+    repo = Repo(repo.root, base_url=emulator.url, connections={"pg": url})
+    repo.spec("p.yaml", "id: p\nname: .P\nsource: {connection: pg, sql: SELECT uid FROM people ORDER BY uid}\n")
+    assert repo.run(capsys, "apply")[0] == 0
+    assert emulator.members("p") == sorted(mixed)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM people WHERE uid IN ('Beta', '9')")
+        conn.exec_driver_sql("INSERT INTO people VALUES ('bravo'), ('Charlie')")
+    engine.dispose()
+    code, plans = plan_json(repo, capsys)
+    assert (plans["p"]["adds"], plans["p"]["removes"]) == (2, 2)
+    assert plans["p"]["sample_adds"] == ["Charlie", "bravo"] and plans["p"]["sample_removes"] == ["9", "Beta"]
+    assert repo.run(capsys, "apply")[0] == 0
+    assert emulator.members("p") == sorted(set(mixed) - {"Beta", "9"} | {"bravo", "Charlie"})
+    assert plan_json(repo, capsys, "--detailed-exitcode")[0] == 0
