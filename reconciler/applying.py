@@ -16,6 +16,7 @@ from reconciler.client import MoEngageClient
 from reconciler.errors import ApiError, FatalApiError, Interrupted, StateError
 from reconciler.planning import PreparedPlan
 from reconciler.plans import ORPHANED, CohortPlan
+from reconciler.progress import NoProgress, Progress
 from reconciler.state import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class CohortOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.result not in ("failed", "blocked", "error", "stopped")
+        return self.result not in ("failed", "blocked", "error", "stopped", "stale")
 
     def as_json(self) -> dict:
         return {**self.plan.as_json(), "result": self.result, "sent_adds": self.sent_adds,
@@ -51,7 +52,7 @@ class CohortOutcome:
 
 
 def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, run: RunRecord,
-            stop: threading.Event | None = None) -> CohortOutcome:
+            stop: threading.Event | None = None, progress: Progress | None = None) -> CohortOutcome:
     """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop.
 
     `stop` is looked at before each batch: a shutdown finishes the batch in flight, commits it,
@@ -61,6 +62,8 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
     outcome = CohortOutcome(plan, FAILED)
     stats = client.stats
     start = (stats.requests, stats.retries, stats.throttled, stats.bytes_sent, time.monotonic())
+    progress = progress or NoProgress()
+    progress.start(plan)
     try:
         for spill in prepared.spills():
             action = spill.envelope.action
@@ -73,6 +76,7 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
                         outcome.sent_adds += len(part.uids)
                     else:
                         outcome.sent_removes += len(part.uids)
+                    progress.advance(len(part.uids))
                     log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.id, action, len(part.uids),
                              len(part.body))
         outcome.result = PRUNED if plan.status == ORPHANED else CONVERGED
@@ -85,6 +89,7 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
         outcome.error = str(exc)
         log.error("cohort %s: %s", plan.id, exc)
     finally:
+        progress.finish()
         outcome.requests = stats.requests - start[0]
         outcome.retries, outcome.throttled = stats.retries - start[1], stats.throttled - start[2]
         outcome.bytes, outcome.seconds = stats.bytes_sent - start[3], time.monotonic() - start[4]

@@ -29,11 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(p)
     p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 when something does")
+    p.add_argument("--out", metavar="FILE", help="save the plan, for `apply --plan FILE`")
     p.set_defaults(func="reconciler.commands:plan")
 
     p = sub.add_parser("apply", parents=[common], help="reconcile now")
     _selection(p)
     p.add_argument("--dry-run", action="store_true", help="plan and report, send nothing, write nothing")
+    p.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan; refused once anything moved on")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="reconciler.commands:apply")
 

@@ -9,14 +9,16 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
-from reconciler import render
+from reconciler import planfiles, render
 from reconciler.client import MoEngageClient
 from reconciler.config import load_settings, require_credentials
 from reconciler.errors import CohortSyncError
 from reconciler.leases import held
 from reconciler.plans import BLOCKED, ERROR
-from reconciler.reconciling import Reconciler
+from reconciler.progress import Progress, for_terminal
+from reconciler.reconciling import Reconciler, RunReport
 from reconciler.settings import Settings
 from reconciler.specs import SpecSet, load_specs, missing_sources
 from reconciler.state import StateStore
@@ -39,13 +41,13 @@ def validate(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def reconciler_for(settings: Settings, *, with_client: bool) -> Iterator[Reconciler]:
+def reconciler_for(settings: Settings, *, with_client: bool, progress: Progress | None = None) -> Iterator[Reconciler]:
     state = StateStore.open(settings.state_url)
     client = None
     if with_client:
         require_credentials(settings)
         client = MoEngageClient(settings.moengage)
-    reconciler = Reconciler(settings, state, client)
+    reconciler = Reconciler(settings, state, client, progress=progress)
     try:
         yield reconciler
     finally:
@@ -67,7 +69,15 @@ def plan(args: argparse.Namespace) -> int:
     with reconciler_for(settings, with_client=False) as reconciler:
         specs = reconciler.load()
         _check_selection(specs, reconciler, args.cohort)
+        reconciler.planner.digest_desired = bool(args.out)
+        state_version = reconciler.state.state_version()
         plans = reconciler.plan(specs, args.cohort, force=args.force, prune=args.prune or None)
+    if args.out:
+        prune = args.prune or settings.prune
+        planfiles.write(Path(args.out), plans, state_version=state_version, cohorts=args.cohort, force=args.force,
+                        prune=prune)
+        print(f"Saved the plan to {args.out}; `cohortsync apply --plan {args.out}` applies exactly it.",
+              file=sys.stderr)
     print({"text": render.plan_text, "json": render.plan_json, "markdown": render.plan_markdown}[args.format](plans))
     if any(p.status in (ERROR, BLOCKED) for p in plans):
         return EXIT_FAILED
@@ -78,14 +88,35 @@ def plan(args: argparse.Namespace) -> int:
 
 def apply(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    with reconciler_for(settings, with_client=not args.dry_run) as reconciler:
+    if args.plan and (args.cohort or args.force or args.prune):
+        raise CohortSyncError("--plan applies the saved plan with the options it was made with: "
+                              "drop --cohort, --force and --prune")
+    progress = for_terminal(args.quiet or args.format == "json")
+    with reconciler_for(settings, with_client=not args.dry_run, progress=progress) as reconciler:
         specs = reconciler.load()
         _check_selection(specs, reconciler, args.cohort)
         with nullcontext() if args.dry_run else held(reconciler.state, "apply"):
-            report = reconciler.apply(specs, args.cohort, force=args.force, prune=args.prune or None,
-                                      dry_run=args.dry_run)
+            if args.plan:
+                report = _apply_saved(reconciler, specs, Path(args.plan), args.dry_run)
+            else:
+                report = reconciler.apply(specs, args.cohort, force=args.force, prune=args.prune or None,
+                                          dry_run=args.dry_run)
     print(render.report_json(report) if args.format == "json" else render.report_text(report))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _apply_saved(reconciler: Reconciler, specs: SpecSet, path: Path, dry_run: bool) -> RunReport:
+    """Apply a saved plan, or refuse it with every reason it no longer holds."""
+    saved = planfiles.read(path)
+    reconciler.planner.digest_desired = True
+    current = reconciler.state.state_version()
+    plans = reconciler.plan(specs, saved.cohorts, force=saved.force, prune=saved.prune)
+    reasons = planfiles.moved(saved, current, plans)
+    if reasons:
+        raise CohortSyncError(f"{path} is stale, nothing was sent: " + "; ".join(reasons)
+                              + ". Run `cohortsync plan --out` again and review the new plan.")
+    return reconciler.apply(specs, saved.cohorts, force=saved.force, prune=saved.prune, dry_run=dry_run,
+                            expected=saved.fingerprints)
 
 
 def status(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ the way. Memory stays bounded; apply then reads the spilled changes back.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -81,6 +82,7 @@ class PreparedPlan:
 class Planner:
     def __init__(self, settings: Settings, state: StateStore, engines: Engines) -> None:
         self.settings, self.state, self.engines = settings, state, engines
+        self.digest_desired = False  # saved plans fingerprint SQL cohorts by their desired set
 
     def envelope(self, action: str, cohort_id: str, name: str, description: str | None) -> Envelope:
         return Envelope(action, self.settings.partner, cohort_id, name, description)
@@ -141,11 +143,16 @@ class Planner:
         prepared.removes = removes = self._spill("remove_members", plan)
         tally = Tally()
         mirror = spec.mode == "mirror"
+        digest = hashlib.sha256() if self.digest_desired else None
+        if digest is not None:
+            desired = _hashing(desired, digest)
         for added, removed in merge_diff(desired, self._synced(spec.id), tally):
             adds.write(added)
             if mirror:
                 removes.write(removed)
         plan.desired, plan.synced = tally.desired, tally.synced
+        if digest is not None:
+            plan.desired_digest = digest.hexdigest()
         plan.adds, plan.removes = adds.count, removes.count
         plan.requests = adds.requests + removes.requests
         plan.sample_adds, plan.sample_removes = adds.samples, removes.samples
@@ -160,6 +167,12 @@ class Planner:
     def _spill(self, action: str, plan: CohortPlan) -> Spill:
         envelope = self.envelope(action, plan.id, plan.name, plan.description)
         return Spill(envelope, self.settings.moengage.max_payload_bytes)
+
+
+def _hashing(chunks: Iterable[list[str]], digest: "hashlib._Hash") -> Iterator[list[str]]:
+    for chunk in chunks:
+        digest.update("\n".join(chunk).encode("utf-8") + b"\n")
+        yield chunk
 
 
 @contextmanager

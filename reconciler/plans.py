@@ -5,6 +5,7 @@ max_removals) turn a destructive plan into `blocked` with a reason, unless force
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ class CohortPlan:
     sample_removes: list[str] = field(default_factory=list)
     source_digest: str | None = None
     spec_digest: str | None = None
+    desired_digest: str | None = None  # of the desired set, when asked for (saved plans)
 
     @property
     def actionable(self) -> bool:
@@ -49,6 +51,13 @@ class CohortPlan:
             "requests": self.requests, "reason": self.reason, "forced": self.forced,
             "sample_adds": self.sample_adds, "sample_removes": self.sample_removes,
         }
+
+
+def fingerprint(plan: CohortPlan) -> str:
+    """What a saved plan promises about one cohort: same inputs, same changes."""
+    parts = (plan.status, plan.spec_digest, plan.source_digest or plan.desired_digest, plan.synced, plan.adds,
+             plan.removes, plan.mode)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def guard_verdict(
@@ -78,10 +87,12 @@ def verdict(plan: CohortPlan, *, suspended: bool, guard: str | None, force: bool
 
 
 def totals(plans: list[CohortPlan]) -> dict[str, int]:
+    """Counts per status, and what apply would send (blocked and suspended cohorts send nothing)."""
     out = {"cohorts": len(plans), "adds": 0, "removes": 0, "requests": 0}
     for p in plans:
         out[p.status] = out.get(p.status, 0) + 1
-        out["adds"] += p.adds
-        out["removes"] += p.removes
-        out["requests"] += p.requests
+        if p.actionable:
+            out["adds"] += p.adds
+            out["removes"] += p.removes
+            out["requests"] += p.requests
     return out

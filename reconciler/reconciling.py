@@ -17,13 +17,15 @@ from reconciler.applying import CohortOutcome, execute
 from reconciler.client import MoEngageClient
 from reconciler.errors import FatalApiError
 from reconciler.planning import Planner, PreparedPlan
-from reconciler.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan
+from reconciler.progress import Progress
+from reconciler.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan, fingerprint
 from reconciler.settings import Settings
 from reconciler.sources import Engines
 from reconciler.specs import SpecSet, load_specs
 from reconciler.state import CohortRecord, RunRecord, StateStore
 
 log = logging.getLogger(__name__)
+STALE = "its spec, source or synced members changed since the saved plan was made: plan again"
 
 
 @dataclass
@@ -46,9 +48,10 @@ class Reconciler:
     """Built once per process by the CLI or the daemon, from the same Settings."""
 
     def __init__(self, settings: Settings, state: StateStore, client: MoEngageClient | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, progress: Progress | None = None) -> None:
         self.settings, self.state, self.client = settings, state, client
         self.stop = stop or threading.Event()
+        self.progress = progress
         self.engines = Engines(settings.connections)
         self.planner = Planner(settings, state, self.engines)
 
@@ -86,11 +89,15 @@ class Reconciler:
                         "its spec is gone, but some specs failed to load: not pruning until they do"))
 
     def apply(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
-              dry_run: bool = False, trigger: str = "cli") -> RunReport:
+              dry_run: bool = False, trigger: str = "cli", expected: dict[str, str] | None = None) -> RunReport:
+        """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused."""
         report = RunReport(uuid.uuid4().hex[:12], dry_run=dry_run)
         records = self.state.cohorts()
         for prepared in self.prepare(specs, only, force=force, prune=prune):
             try:
+                if expected is not None and fingerprint(prepared.plan) != expected.get(prepared.plan.id):
+                    report.outcomes.append(CohortOutcome(prepared.plan, "stale", error=STALE))
+                    continue
                 report.outcomes.append(self._apply_one(prepared, records, report, trigger))
             finally:
                 prepared.close()
@@ -110,7 +117,7 @@ class Reconciler:
         run = RunRecord(report.run_id, plan.id, "running", time.time(), trigger,
                         planned_adds=plan.adds, planned_removes=plan.removes)
         try:
-            return execute(prepared, self.client, self.state, run, self.stop)
+            return execute(prepared, self.client, self.state, run, self.stop, self.progress)
         except FatalApiError as exc:
             report.stopped = f"MoEngage refused the credentials or the account: {exc}"
             log.error("run stopped: %s", exc)

@@ -57,11 +57,11 @@ def plan_json(plans: Sequence[CohortPlan]) -> str:
 def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT) -> str:
     t = totals(list(plans))
     head = [f"### cohortsync plan: +{t['adds']:,} -{t['removes']:,} in {t['requests']:,} requests", "",
-            "| cohort | status | desired | synced | adds | removes | requests | note |",
+            "| cohort | status | desired | synced | adds | removes | requests | guards / note |",
             "|---|---|---:|---:|---:|---:|---:|---|"]
     for p in plans:
         desired = "?" if p.desired is None else f"{p.desired:,}"
-        note = _md_cell(p.reason or "")
+        note = _md_cell(("passed" if p.status == "changed" and not p.forced else p.reason) or "")
         head.append(f"| `{p.id}` | {p.status} | {desired} | {p.synced:,} | +{p.adds:,} | -{p.removes:,} | {p.requests:,} | {note} |")
     details = []
     for p in plans:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from reconciler.cursors import streaming_cursor
 from reconciler.errors import StateError, short_message
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 READ_ROWS = 20_000  # members fetched per round trip
 
 metadata = sa.MetaData()
@@ -75,7 +75,9 @@ leases = sa.Table(
 )
 
 # version -> statements that bring the previous version up to it; append, never edit
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["INSERT INTO cs_meta (key, value) VALUES ('state_version', '0')"],  # saved plans check it
+}
 
 
 @dataclass(frozen=True)
@@ -165,17 +167,23 @@ class StateStore:
             if version > SCHEMA_VERSION:
                 raise StateError(f"the state database has schema version {version}, newer than this "
                                  f"cohortsync understands ({SCHEMA_VERSION}): upgrade cohortsync")
-            for step in range(version + 1, SCHEMA_VERSION + 1):
+            for step in range(version + 1, SCHEMA_VERSION + 1) if version else ():
                 for statement in MIGRATIONS.get(step, []):
                     conn.exec_driver_sql(statement)
             if version == 0:
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                conn.execute(meta.insert().values(key="state_version", value="0"))
             elif version < SCHEMA_VERSION:
                 conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def schema_version(self) -> int:
         with self._connect() as conn:
             return int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one())
+
+    def state_version(self) -> int:
+        """Grows with every change to the members: a saved plan is stale once it moved."""
+        with self._connect() as conn:
+            return int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "state_version")).scalar_one())
 
     # --- reads -------------------------------------------------------------------------
     def cohort(self, cohort_id: str) -> CohortRecord | None:
@@ -245,6 +253,7 @@ class StateStore:
                              [{"cid": cohort_id, "u": u} for u in (r["uid"] for r in rows)])
             conn.execute(cohorts.update().where(cohorts.c.id == cohort_id).values(
                 synced_count=cohorts.c.synced_count + delta, converged=False, last_run_at=time.time()))
+            _bump_state_version(conn)
 
     def record_outcome(
         self, cohort_id: str, name: str, description: str | None, *, status: str, error: str | None = None,
@@ -269,6 +278,7 @@ class StateStore:
         with self._begin() as conn:
             conn.execute(members.delete().where(members.c.cohort_id == cohort_id))
             conn.execute(cohorts.delete().where(cohorts.c.id == cohort_id))
+            _bump_state_version(conn)
 
     def _ensure_cohort(self, conn: sa.Connection, cohort_id: str, name: str, description: str | None) -> None:
         exists = conn.execute(sa.select(cohorts.c.id).where(cohorts.c.id == cohort_id)).first()
@@ -282,6 +292,11 @@ class StateStore:
 
     def _begin(self) -> "_Wrapped":
         return _Wrapped(self.engine.begin)
+
+
+def _bump_state_version(conn: sa.Connection) -> None:
+    conn.execute(meta.update().where(meta.c.key == "state_version")
+                 .values(value=sa.cast(sa.cast(meta.c.value, sa.Integer) + 1, sa.String)))
 
 
 class _Wrapped:

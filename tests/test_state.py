@@ -105,3 +105,27 @@ def test_bad_url_is_a_state_error():
 def test_repr_hides_the_password():
     store = StateStore(sa.create_engine("postgresql+psycopg://user:hunter2@127.0.0.1:1/db"))
     assert "hunter2" not in repr(store)
+
+
+def test_state_version_grows_with_member_changes_only(state):
+    v0 = state.state_version()
+    state.commit_batch("c1", ".C1", None, "add_members", ["x"])
+    v1 = state.state_version()
+    state.record_run(RunRecord("r", "c1", "converged", started_at=1.0))
+    state.record_outcome("c1", ".C1", None, status="converged", converged=True)
+    assert v1 == v0 + 1 and state.state_version() == v1
+    state.forget("c1")
+    assert state.state_version() == v1 + 1
+
+
+def test_a_version_1_database_is_upgraded(state_url):
+    store = StateStore.open(state_url)
+    store.commit_batch("c1", ".C1", None, "add_members", ["x"])
+    with store.engine.begin() as conn:  # what a database written by schema version 1 looks like
+        conn.execute(meta.delete().where(meta.c.key == "state_version"))
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="1"))
+    store.close()
+    upgraded = StateStore.open(state_url)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert upgraded.state_version() == 0 and list(upgraded.synced_uids("c1")) == ["x"]
+    upgraded.close()
