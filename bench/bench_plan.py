@@ -5,14 +5,13 @@ data, and peak RSS at most 150 MB. The baseline runs in the same process tree, o
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sqlite3
 import sys
 import tempfile
 from pathlib import Path
 
-from common import churned, cohortsync, measure, parser, report, write_state
+from common import build_data, build_in_child, churned, cohortsync, measure, parser, report, write_state
 
 NAIVE = r"""
 import sqlite3, sys
@@ -42,15 +41,12 @@ def spec(work: Path, source: str) -> None:
 
 
 def main() -> int:
-    p = parser(__doc__, "1M")
-    p.add_argument("--build", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.build:  # in a child, so this process stays small: a child's peak RSS starts at its parent's
-        build(args.build, args.size)
+    args, built = build_in_child(parser(__doc__, "1M"), build)
+    if built:
         return 0
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        measure([sys.executable, __file__, "--size", str(args.size), "--build", str(work)])
+        build_data(__file__, work, args.size)
         cfg = work / "cohortsync.yaml"
         cfg.write_text(f"cohorts_dir: cohorts\nstate_url: sqlite:///{work / 'state.db'}\n"
                        f"connections: {{wh: 'sqlite:///{work / 'warehouse.db'}'}}\n")

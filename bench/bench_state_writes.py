@@ -6,7 +6,6 @@ transaction per uid, as a naive tool would write, measured on 2,000 changes and 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -19,9 +18,7 @@ CHANGES = 100_000
 
 
 def main() -> int:
-    p = parser(__doc__, "1M")
-    p.add_argument("--build", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parser(__doc__, "1M").parse_args()
     from reconciler.state import StateStore
     synced, desired = churned(args.size, CHANGES / args.size)
     adds = sorted(set(desired) - set(synced))

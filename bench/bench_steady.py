@@ -6,14 +6,13 @@ state into Python sets and diffing them, as a tool without digests would, in the
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import churned, cohortsync, measure, parser, report, write_state
+from common import build_data, build_in_child, churned, cohortsync, measure, parser, report, write_state
 
 COHORTS = 100
 NAIVE = r"""
@@ -73,15 +72,12 @@ def state_fingerprint(work: Path) -> str:
 
 
 def main() -> int:
-    p = parser(__doc__, "1M")
-    p.add_argument("--build", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.build:
-        build(args.build, args.size)
+    args, built = build_in_child(parser(__doc__, "1M"), build)
+    if built:
         return 0
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        measure([sys.executable, __file__, "--size", str(args.size), "--build", str(work)])
+        build_data(__file__, work, args.size)
         cfg = work / "cohortsync.yaml"
         cfg.write_text(f"cohorts_dir: cohorts\nstate_url: sqlite:///{work / 'state.db'}\n")
         naive = measure([sys.executable, "-c", NAIVE, str(work / "cohorts"), str(work / "state.db")])

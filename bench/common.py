@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +118,21 @@ def report(title: str, rows: list[tuple[str, str]], verdicts: list[tuple[str, bo
 
 def cohortsync(*args: str) -> list[str]:
     return [sys.executable, "-m", "reconciler", *args]
+
+
+def build_in_child(p: argparse.ArgumentParser, build: "Callable[[Path, int], None]") -> tuple[argparse.Namespace, bool]:
+    """Parse the arguments; in the `--build DIR` child, build the data there and say so.
+
+    The data is built in a child process so the benchmark itself stays small: on Linux a
+    child's peak RSS starts at its parent's, and the figures are the children's.
+    """
+    p.add_argument("--build", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.build:
+        build(args.build, args.size)
+        return args, True
+    return args, False
+
+
+def build_data(script: str, work: Path, n: int) -> None:
+    measure([sys.executable, script, "--size", str(n), "--build", str(work)])

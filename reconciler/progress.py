@@ -29,8 +29,8 @@ class NoProgress:
 class BarProgress:
     """One tqdm bar per cohort being sent, on stderr, cleared when the cohort is done."""
 
-    def __init__(self, stream: IO[str] = sys.stderr) -> None:
-        self._stream = stream
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream or sys.stderr
         self._bar: tqdm | None = None
 
     def start(self, plan: CohortPlan) -> None:
@@ -48,5 +48,6 @@ class BarProgress:
             self._bar = None
 
 
-def for_terminal(quiet: bool, stream: IO[str] = sys.stderr) -> Progress:
+def for_terminal(quiet: bool, stream: IO[str] | None = None) -> Progress:
+    stream = stream or sys.stderr  # looked up now: tests and tools swap sys.stderr
     return BarProgress(stream) if not quiet and stream.isatty() else NoProgress()

@@ -45,3 +45,15 @@ class Repo:
         code = main([args[0], "--config", str(self.config), *args[1:]])
         out, err = capsys.readouterr()
         return code, out, err
+
+
+def warehouse(path: Path, uids: list[str], table: str = "t") -> tuple[str, "sa.Engine"]:
+    """A SQLite warehouse with one table of uids; the caller disposes of the engine."""
+    import sqlalchemy as sa
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {table} (uid TEXT)")
+        if uids:
+            conn.execute(sa.text(f"INSERT INTO {table} VALUES (:u)"), [{"u": u} for u in uids])
+    return url, engine

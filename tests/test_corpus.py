@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from reconciler.specs import load_specs
 from tests.conftest import API_KEY, WORKSPACE
-from tests.helpers import Repo
+from tests.helpers import Repo, warehouse
 
 CORPUS = Path(__file__).parent / "corpus"
 SPECS = sorted((CORPUS / "specs").glob("*.yaml"))
@@ -34,11 +34,7 @@ def expectation(path: Path) -> str:
 def repo(tmp_path, monkeypatch) -> Repo:
     monkeypatch.setenv("TEST_WS", WORKSPACE)
     monkeypatch.setenv("TEST_KEY", API_KEY)
-    wh = f"sqlite:///{tmp_path / 'wh.db'}"
-    engine = sa.create_engine(wh)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (uid TEXT)")
-        conn.execute(sa.text("INSERT INTO t VALUES (:u)"), [{"u": u} for u in VICTIMS])
+    wh, engine = warehouse(tmp_path / 'wh.db', VICTIMS)
     engine.dispose()
     r = Repo(tmp_path, connections={"wh": wh})
     r.file_cohort("victim", VICTIMS, guards={"allow_empty": True})

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler.cli import main
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import TOKEN, DaemonProcess, eventually
-from tests.helpers import Repo
+from tests.helpers import Repo, warehouse
 
 USERS = [f"u{i:04d}" for i in range(1, 2001)]
 
@@ -79,11 +79,7 @@ def test_a_burst_of_writes_makes_one_reconcile(tmp_path, emulator, daemons, caps
 
 
 def test_timer_picks_up_a_changed_table(tmp_path, emulator, daemons):
-    url = f"sqlite:///{tmp_path / 'wh.db'}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (uid TEXT)")
-        conn.execute(sa.text("INSERT INTO t VALUES (:u)"), [{"u": u} for u in USERS[:5]])
+    url, engine = warehouse(tmp_path / 'wh.db', USERS[:5])
     repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
     repo.spec("sql.yaml", "id: sql\nname: .SQL\nschedule: 1s\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     daemon = daemons(repo)
@@ -96,11 +92,7 @@ def test_timer_picks_up_a_changed_table(tmp_path, emulator, daemons):
 
 
 def test_reconcile_endpoint_auth_and_metrics(tmp_path, emulator, daemons):
-    url = f"sqlite:///{tmp_path / 'wh.db'}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (uid TEXT)")
-        conn.exec_driver_sql("INSERT INTO t VALUES ('a')")
+    url, engine = warehouse(tmp_path / 'wh.db', ['a'])
     repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
     repo.spec("sql.yaml", "id: sql\nname: .SQL\nschedule: 1h\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     daemon = daemons(repo, COHORTSYNC_WEBHOOK_SECRET="hook-secret")

@@ -20,7 +20,7 @@ import yaml
 from reconciler.render import GITHUB_COMMENT_LIMIT, plan_markdown
 from reconciler.plans import CohortPlan
 from tests.conftest import API_KEY, WORKSPACE
-from tests.helpers import Repo
+from tests.helpers import Repo, warehouse
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -113,11 +113,7 @@ def test_a_stale_saved_plan_is_refused(repo, emulator, capsys, tmp_path, move):
 
 def test_a_saved_plan_sees_a_sql_source_change(repo, emulator, capsys, tmp_path):
     import sqlalchemy as sa
-    url = f"sqlite:///{tmp_path / 'wh.db'}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (uid TEXT)")
-        conn.exec_driver_sql("INSERT INTO t VALUES ('a'), ('b')")
+    url, engine = warehouse(tmp_path / 'wh.db', ['a', 'b'])
     repo = Repo(repo.root, base_url=emulator.url, connections={"wh": url})
     repo.spec("s.yaml", "id: s\nname: .S\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     plan = str(tmp_path / "plan.json")

@@ -16,7 +16,7 @@ from reconciler.batching import Envelope, pack
 from reconciler.state import StateStore, cohorts, members, runs
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import TOKEN, DaemonProcess, eventually
-from tests.helpers import Repo
+from tests.helpers import Repo, warehouse
 
 USERS = [f"user-{i:05d}" for i in range(3000)]
 PAYLOAD = 2000  # bytes: about 100 uids a request, so a few thousand uids make many batches
@@ -143,11 +143,7 @@ def test_auth_lost_mid_run_stops_and_state_holds_what_was_acknowledged(tmp_path,
 def test_source_errors_remove_nothing_even_forced(tmp_path, emulator, capsys, monkeypatch, breakage, message):
     monkeypatch.setenv("TEST_WS", WORKSPACE)
     monkeypatch.setenv("TEST_KEY", API_KEY)
-    url = f"sqlite:///{tmp_path / 'wh.db'}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (uid TEXT)")
-        conn.execute(sa.text("INSERT INTO t VALUES (:u)"), [{"u": u} for u in USERS[:50]])
+    url, engine = warehouse(tmp_path / 'wh.db', USERS[:50])
     repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
     repo.spec("sql.yaml", "id: sql\nname: .SQL\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     repo.file_cohort("file", USERS[:50])
@@ -169,11 +165,7 @@ def test_source_errors_remove_nothing_even_forced(tmp_path, emulator, capsys, mo
 def test_a_query_that_returns_nothing_is_blocked(tmp_path, emulator, capsys, monkeypatch):
     monkeypatch.setenv("TEST_WS", WORKSPACE)
     monkeypatch.setenv("TEST_KEY", API_KEY)
-    url = f"sqlite:///{tmp_path / 'wh.db'}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (uid TEXT)")
-        conn.execute(sa.text("INSERT INTO t VALUES (:u)"), [{"u": u} for u in USERS[:50]])
+    url, engine = warehouse(tmp_path / 'wh.db', USERS[:50])
     repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
     repo.spec("sql.yaml", "id: sql\nname: .SQL\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     assert repo.run(capsys, "apply")[0] == 0

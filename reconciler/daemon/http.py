@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from reconciler.errors import ConfigError
+from reconciler.responses import send, send_json
 from reconciler.settings import Secret
 
 log = logging.getLogger(__name__)
@@ -98,18 +98,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        self._raw(status, json.dumps(payload).encode(), "application/json", headers)
+        send_json(self, status, payload, headers)
 
-    def _raw(self, status: int, data: bytes, ctype: str, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+    def _raw(self, status: int, data: bytes, ctype: str) -> None:
+        send(self, status, data, ctype)
 
 
 class DaemonServer(ThreadingHTTPServer):

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from reconciler.batching import ACTIONS
 from reconciler.emulator.store import SegmentStore
+from reconciler.responses import send_json
 from reconciler.rules import cohort_name_problem
 from reconciler.settings import RateLimit
 
@@ -254,16 +255,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(reply.status, {"status": "fail", "error": error}, reply.headers)
 
     def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload, headers)
 
     def _drop(self) -> None:
         self.close_connection = True
