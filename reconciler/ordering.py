@@ -114,6 +114,24 @@ def gnu_sort(chunks: Iterable[list[str]], memory: str = "64M") -> Iterator[list[
 
     feeder = threading.Thread(target=feed, name="sort-feeder", daemon=True)
     feeder.start()
+    for block in _output_blocks(proc):
+        yield block.decode("utf-8").split("\n")
+    feeder.join()
+    if failure:
+        raise failure[0]
+
+
+def gnu_sort_file(path: str, memory: str = "64M") -> Iterator[bytes]:
+    """A file's distinct lines in byte order, as blocks of whole lines, sorted by GNU sort itself."""
+    env = {**os.environ, "LC_ALL": "C"}
+    proc = subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir(), "--", path],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    yield from _output_blocks(proc)
+
+
+def _output_blocks(proc: subprocess.Popen) -> Iterator[bytes]:
+    """Whole lines of a sort's output, about 1 MB at a time; the process is reaped whatever happens."""
+    assert proc.stdout is not None
     try:
         tail = b""
         for block in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
@@ -121,10 +139,9 @@ def gnu_sort(chunks: Iterable[list[str]], memory: str = "64M") -> Iterator[list[
             cut = block.rfind(b"\n")
             tail, block = block[cut + 1:], block[:cut]
             if block:
-                yield block.decode("utf-8").split("\n")
-        feeder.join()
-        if failure:
-            raise failure[0]
+                yield block
+        if tail:
+            yield tail
         if proc.wait() != 0:
             raise OSError(f"sort exited with status {proc.returncode}")
     finally:

@@ -10,7 +10,7 @@ import gc
 import hashlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
@@ -21,7 +21,7 @@ from reconciler.errors import CohortApiError, SourceError, StateError
 from reconciler.ordering import OutOfOrder, checked, external_sort
 from reconciler.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
 from reconciler.settings import Settings
-from reconciler.sources import Engines, open_source
+from reconciler.sources import Engines, Source, open_source
 from reconciler.specs import CohortSpec
 from reconciler.state import CohortRecord, StateStore
 
@@ -99,7 +99,7 @@ class Planner:
                 plan.desired = record.synced_count  # type: ignore[union-attr]
                 log.debug("cohort %s: spec and source unchanged since it converged", spec.id)
                 return prepared
-            self._diff(prepared, spec, source.chunks)
+            self._diff(prepared, spec, source)
         except (SourceError, CohortApiError, StateError) as exc:
             prepared.close()
             plan.status, plan.reason = ERROR, getattr(exc, "message", str(exc))
@@ -125,17 +125,25 @@ class Planner:
         plan.reason = "its spec is gone; pruning empties it"
         return prepared
 
-    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, chunks: Callable[[], Iterator[list[str]]]) -> None:
+    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source) -> None:
         with gc_paused():
-            self._diff_in_order(prepared, spec, chunks)
+            self._diff_in_order(prepared, spec, source)
 
-    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, chunks: Callable[[], Iterator[list[str]]]) -> None:
+    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source) -> None:
+        """Stream the source as it comes; if it is not in order, sort it and diff again."""
         try:
-            self._spill_diff(prepared, spec, checked(chunks()))
+            return self._spill_diff(prepared, spec, checked(source.chunks()))
         except OutOfOrder as exc:
             log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
             prepared.close()
-            self._spill_diff(prepared, spec, external_sort(chunks()))
+        presorted = getattr(source, "sorted_by_tool", lambda: None)()
+        if presorted is not None:
+            try:
+                return self._spill_diff(prepared, spec, checked(presorted))
+            except (OutOfOrder, SourceError) as exc:
+                log.debug("cohort %s: sorting the file as is did not do (%s); sorting it uid by uid", spec.id, exc)
+                prepared.close()
+        self._spill_diff(prepared, spec, external_sort(source.chunks()))
 
     def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]]) -> None:
         plan = prepared.plan

@@ -271,3 +271,31 @@ def test_sql_source_in_a_non_c_collation_still_diffs_right(repo, emulator, capsy
     assert repo.run(capsys, "apply")[0] == 0
     assert emulator.members("p") == sorted(set(mixed) - {"Beta", "9"} | {"bravo", "Charlie"})
     assert plan_json(repo, capsys, "--detailed-exitcode")[0] == 0
+
+
+@pytest.mark.parametrize("shape", ["shuffled", "padded", "gz", "csv"])
+def test_unsorted_uid_files_diff_right_on_every_sorting_path(repo, emulator, capsys, shape):
+    """GNU sort on the raw file, its fallback when stripping breaks the order, and sorting in Python."""
+    import gzip
+    import random
+    uids = [f"user-{i}" for i in range(3000)] + ["Zed", "éclair", "中文", "a b"]
+    lines = uids[:]
+    random.Random(5).shuffle(lines)
+    if shape == "padded":
+        lines = [f"  {u}" if i % 7 == 0 else u for i, u in enumerate(lines)] + ["", "user-1"]
+    (repo.cohorts / "uids").mkdir(exist_ok=True)
+    name = {"shuffled": "u.txt", "padded": "u.txt", "gz": "u.txt.gz", "csv": "u.csv"}[shape]
+    body = ("uid\n" if shape == "csv" else "") + "\n".join(lines) + "\n"
+    path = repo.cohorts / "uids" / name
+    path.write_bytes(gzip.compress(body.encode()) if shape == "gz" else body.encode())
+    repo.spec("c.yaml", f"id: c\nname: .C\nsource: {{file: uids/{name}}}\n")
+    assert repo.run(capsys, "apply")[0] == 0
+    assert emulator.members("c") == sorted(uids)
+
+
+def test_a_bad_uid_in_an_unsorted_file_names_its_real_line(repo, capsys):
+    (repo.cohorts / "uids").mkdir(exist_ok=True)
+    (repo.cohorts / "uids" / "u.txt").write_bytes(b"zz\naa\nmm\nb\x01d\ncc\n")
+    repo.spec("c.yaml", "id: c\nname: .C\nsource: {file: uids/u.txt}\n")
+    code, plans = plan_json(repo, capsys)
+    assert code == 1 and plans["c"]["status"] == "error" and "u.txt:4:" in plans["c"]["reason"]
