@@ -299,3 +299,14 @@ def test_a_bad_uid_in_an_unsorted_file_names_its_real_line(repo, capsys):
     repo.spec("c.yaml", "id: c\nname: .C\nsource: {file: uids/u.txt}\n")
     code, plans = plan_json(repo, capsys)
     assert code == 1 and plans["c"]["status"] == "error" and "u.txt:4:" in plans["c"]["reason"]
+
+
+def test_a_uid_too_long_for_any_request_fails_only_its_cohort(tmp_path, emulator, capsys, monkeypatch):
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    repo = Repo(tmp_path, base_url=emulator.url, moengage={"max_payload_bytes": 1024})
+    repo.file_cohort("long", ["ok", "x" * 2000])
+    repo.file_cohort("fine", USERS[:5])
+    code, out, _ = repo.run(capsys, "apply")
+    assert code == 1 and "cannot fit in a 1024-byte request" in out
+    assert emulator.members("fine") == USERS[:5] and emulator.members("long") == []
