@@ -8,10 +8,9 @@ from __future__ import annotations
 import random
 import sqlite3
 import sys
-import tempfile
 from pathlib import Path
 
-from common import build_data, build_in_child, churned, cohortsync, measure, parser, report, write_state
+from common import build_in_child, built, churned, cohortsync, measure, parser, report, write_state
 
 NAIVE = r"""
 import sqlite3, sys
@@ -41,12 +40,10 @@ def spec(work: Path, source: str) -> None:
 
 
 def main() -> int:
-    args, built = build_in_child(parser(__doc__, "1M"), build)
-    if built:
+    args, in_builder = build_in_child(parser(__doc__, "1M"), build)
+    if in_builder:
         return 0
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        work = Path(tmp)
-        build_data(__file__, work, args.size)
+    with built(__file__, args) as work:
         cfg = work / "cohortsync.yaml"
         cfg.write_text(f"cohorts_dir: cohorts\nstate_url: sqlite:///{work / 'state.db'}\n"
                        f"connections: {{wh: 'sqlite:///{work / 'warehouse.db'}'}}\n")

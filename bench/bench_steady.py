@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import build_data, build_in_child, churned, cohortsync, measure, parser, report, write_state
+from common import build_in_child, built, churned, cohortsync, measure, parser, report, write_state
 
 COHORTS = 100
 NAIVE = r"""
@@ -72,12 +71,10 @@ def state_fingerprint(work: Path) -> str:
 
 
 def main() -> int:
-    args, built = build_in_child(parser(__doc__, "1M"), build)
-    if built:
+    args, in_builder = build_in_child(parser(__doc__, "1M"), build)
+    if in_builder:
         return 0
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        work = Path(tmp)
-        build_data(__file__, work, args.size)
+    with built(__file__, args) as work:
         cfg = work / "cohortsync.yaml"
         cfg.write_text(f"cohorts_dir: cohorts\nstate_url: sqlite:///{work / 'state.db'}\n")
         naive = measure([sys.executable, "-c", NAIVE, str(work / "cohorts"), str(work / "state.db")])

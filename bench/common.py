@@ -12,8 +12,10 @@ import random
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,5 +136,10 @@ def build_in_child(p: argparse.ArgumentParser, build: "Callable[[Path, int], Non
     return args, False
 
 
-def build_data(script: str, work: Path, n: int) -> None:
-    measure([sys.executable, script, "--size", str(n), "--build", str(work)])
+@contextmanager
+def built(script: str, args: argparse.Namespace) -> Iterator[Path]:
+    """A temporary folder holding the benchmark's data, built by `script --build` in a child."""
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        measure([sys.executable, script, "--size", str(args.size), "--build", str(work)])
+        yield work

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from reconciler.emulator.process import EmulatorProcess
+from tests.helpers import Repo
 
 WORKSPACE = "WS_TEST_1234"
 API_KEY = "key-s3cr3t-DO-NOT-LOG"
@@ -29,6 +30,14 @@ def start_emulator() -> Iterator[Callable[..., EmulatorProcess]]:
 @pytest.fixture
 def emulator(start_emulator: Callable[..., EmulatorProcess]) -> EmulatorProcess:
     return start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY)
+
+
+@pytest.fixture
+def repo(tmp_path, emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> Repo:
+    """A cohorts repository whose config points at a fresh emulator with the test credentials."""
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    return Repo(tmp_path, base_url=emulator.url)
 
 
 def postgres_url() -> str:

@@ -12,13 +12,6 @@ from tests.helpers import Repo
 USERS = [f"u{i:04d}" for i in range(1, 501)]
 
 
-@pytest.fixture
-def repo(tmp_path, emulator, monkeypatch) -> Repo:
-    monkeypatch.setenv("TEST_WS", WORKSPACE)
-    monkeypatch.setenv("TEST_KEY", API_KEY)
-    return Repo(tmp_path, base_url=emulator.url)
-
-
 def plan_json(repo: Repo, capsys, *args: str) -> tuple[int, dict]:
     code, out, err = repo.run(capsys, "plan", "--format", "json", *args)
     assert "Traceback" not in err

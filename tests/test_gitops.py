@@ -27,13 +27,6 @@ GOLDEN = Path(__file__).parent / "golden"
 USERS = [f"u{i:04d}" for i in range(1, 301)]
 
 
-@pytest.fixture
-def repo(tmp_path, emulator, monkeypatch) -> Repo:
-    monkeypatch.setenv("TEST_WS", WORKSPACE)
-    monkeypatch.setenv("TEST_KEY", API_KEY)
-    return Repo(tmp_path, base_url=emulator.url)
-
-
 def scenario(repo: Repo, capsys) -> None:
     """Every status a plan can show, with fixed uids."""
     repo.file_cohort("beta", USERS[:100])
