@@ -19,7 +19,7 @@ demo: $(STAMP)  ## the example cohorts applied to a local emulator, end to end
 	$(BIN)/cohortsync demo
 
 test: $(STAMP)  ## every test; PostgreSQL tests skip when no server answers (CI makes them mandatory)
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## benchmarks at a small default size, each beside its baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -21,3 +21,26 @@ def send(handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type
 
 def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
     send(handler, status, json.dumps(payload).encode(), "application/json", headers)
+
+
+DRAIN_CAP = 16 << 20  # bytes of a refused body read and dropped, so the client sees the answer
+
+
+def discard_body(handler: BaseHTTPRequestHandler) -> None:
+    """Read and drop the request body, so the client can read our answer instead of a reset.
+
+    A body larger than DRAIN_CAP (or with a broken Content-Length) is not read: the connection
+    is closed after the answer instead.
+    """
+    try:
+        length = int(handler.headers.get("Content-Length") or 0)
+    except ValueError:
+        length = -1
+    if length < 0 or length > DRAIN_CAP:
+        handler.close_connection = True
+        return
+    while length > 0:
+        chunk = handler.rfile.read(min(length, 1 << 16))
+        if not chunk:
+            break
+        length -= len(chunk)

@@ -268,7 +268,10 @@ def read_only(conn: Connection, timeout: float) -> None:
         raw = conn.connection.driver_connection
         raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     elif dialect in ("mysql", "mariadb"):
-        conn.exec_driver_sql(f"SET SESSION max_execution_time = {ms}")
+        if getattr(conn.dialect, "is_mariadb", False):
+            conn.exec_driver_sql(f"SET SESSION max_statement_time = {max(timeout, 0.001):.3f}")
+        else:
+            conn.exec_driver_sql(f"SET SESSION max_execution_time = {ms}")
         conn.exec_driver_sql("SET SESSION TRANSACTION READ ONLY")
 
 

@@ -84,6 +84,30 @@ def postgres_schema(postgres_ready: None) -> Iterator[str]:
         engine.dispose()
 
 
+MARIADB_URL = os.environ.get("COHORTSYNC_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture
+def mariadb_database() -> Iterator[str]:
+    """A URL to a fresh MariaDB/MySQL database, dropped afterwards; skips when no server answers."""
+    import uuid
+
+    import sqlalchemy as sa
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        engine = sa.create_engine(MARIADB_URL)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+    except Exception as exc:  # no server, no driver: either way these tests cannot run here
+        pytest.skip(f"MariaDB/MySQL not reachable at {MARIADB_URL}: {type(exc).__name__}")
+    try:
+        yield MARIADB_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE `{name}`")
+        engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def state_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":

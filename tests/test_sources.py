@@ -93,9 +93,11 @@ def test_digest_follows_content_and_column(tmp_path):
     assert FileSource(file_spec(path)).digest() != first
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres), "mariadb"])
 def warehouse(request, tmp_path) -> str:
-    url = f"sqlite:///{tmp_path / 'wh.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_schema")
+    url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'wh.db'}",
+           "postgresql": lambda: request.getfixturevalue("postgres_schema"),
+           "mariadb": lambda: request.getfixturevalue("mariadb_database")}[request.param]()
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE customers (id INTEGER, ext TEXT, ltv NUMERIC(10,2))")
@@ -133,8 +135,9 @@ def test_sql_error_is_a_source_error(warehouse):
 
 
 def test_sql_statement_timeout(warehouse):
-    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000000) SELECT max(i) FROM n"
-            if warehouse.startswith("sqlite") else "SELECT pg_sleep(5)")
+    slow = {"sqlite": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000000) "
+                      "SELECT max(i) FROM n",
+            "postgresql": "SELECT pg_sleep(5)", "mysql": "SELECT SLEEP(5)"}[warehouse.split(":")[0].split("+")[0]]
     with pytest.raises(SourceError, match="failed"):
         read(warehouse, slow, timeout=0.3)
 

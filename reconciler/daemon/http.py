@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from reconciler.errors import ConfigError
-from reconciler.responses import send, send_json
+from reconciler.responses import discard_body, send, send_json
 from reconciler.settings import Secret
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0 or length > MAX_BODY:
-            self.close_connection = True
+            discard_body(self)
             self._send(413, {"error": f"body over {MAX_BODY} bytes"})
             return
         body = self.rfile.read(length) if length else b""
@@ -91,11 +91,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(202, api.reconcile(cohorts, source))
 
     def _drain(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if 0 < length <= MAX_BODY:
-            self.rfile.read(length)
-        elif length:
-            self.close_connection = True
+        discard_body(self)
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         send_json(self, status, payload, headers)

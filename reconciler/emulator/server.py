@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from reconciler.batching import ACTIONS
 from reconciler.emulator.store import SegmentStore
-from reconciler.responses import send_json
+from reconciler.responses import discard_body, send_json
 from reconciler.rules import cohort_name_problem
 from reconciler.settings import RateLimit
 
@@ -227,19 +227,12 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise Reply(400, "Content-Length is not a number", "Content-Length", "BadRequest")
         if length > limit:
-            self.close_connection = True  # do not read a body we refuse
+            self._discard_body()
             raise Reply(413, f"Payload of {length} bytes exceeds the limit of {limit} bytes", "body", "PayloadTooLarge")
         return self.rfile.read(length)
 
     def _discard_body(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        if length > 4 * 1024 * 1024:
-            self.close_connection = True
-        elif length:
-            self.rfile.read(length)
+        discard_body(self)
 
     def _configure(self) -> None:
         try:
