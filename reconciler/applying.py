@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from reconciler.batching import pack
 from reconciler.client import MoEngageClient
@@ -38,7 +38,6 @@ class CohortOutcome:
     bytes: int = 0
     seconds: float = 0.0
     error: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

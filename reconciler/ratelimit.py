@@ -34,7 +34,6 @@ class SlidingWindowLimiter:
         self._stamps: deque[list[float]] = deque()
         self._lock = threading.Lock()
         self.waits = 0  # times a request had to wait for the window
-        self.waited = 0.0  # seconds spent waiting
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -58,7 +57,6 @@ class SlidingWindowLimiter:
                         self.waits += 1
                     return stamp
             waited = True
-            self.waited += delay
             if self._stop is None:
                 self._sleep(delay)
             elif self._stop.wait(delay):

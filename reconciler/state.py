@@ -219,10 +219,6 @@ class StateStore:
             raw.rollback()
             raw.close()
 
-    def synced_uids(self, cohort_id: str) -> Iterator[str]:
-        for chunk in self.synced_chunks(cohort_id):
-            yield from chunk
-
     def count_members(self, cohort_id: str) -> int:
         with self._connect() as conn:
             return int(conn.execute(

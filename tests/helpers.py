@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import yaml
 
 from reconciler.cli import main
+
+if TYPE_CHECKING:
+    from reconciler.state import StateStore
 
 
 class Repo:
@@ -57,3 +61,8 @@ def warehouse(path: Path, uids: list[str], table: str = "t") -> tuple[str, "sa.E
         if uids:
             conn.execute(sa.text(f"INSERT INTO {table} VALUES (:u)"), [{"u": u} for u in uids])
     return url, engine
+
+
+def synced(state: "StateStore", cohort_id: str) -> list[str]:
+    """A cohort's synced members from the state, flattened from its chunks."""
+    return [uid for chunk in state.synced_chunks(cohort_id) for uid in chunk]

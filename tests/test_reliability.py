@@ -16,7 +16,7 @@ from reconciler.batching import Envelope, pack
 from reconciler.state import StateStore, cohorts, members, runs
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import TOKEN, DaemonProcess, eventually
-from tests.helpers import Repo, warehouse
+from tests.helpers import Repo, synced, warehouse
 
 USERS = [f"user-{i:05d}" for i in range(3000)]
 PAYLOAD = 2000  # bytes: about 100 uids a request, so a few thousand uids make many batches
@@ -129,7 +129,7 @@ def test_auth_lost_mid_run_stops_and_state_holds_what_was_acknowledged(tmp_path,
     assert "HTTP 403" in out and "Stopped" in out
     state = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
     try:
-        assert list(state.synced_uids("a")) == emu.members("a")
+        assert list(synced(state, "a")) == emu.members("a")
         assert 0 < len(emu.members("a")) < len(USERS)
         assert state.cohort("a").last_status == "failed"
     finally:

@@ -36,14 +36,11 @@ class CoalescingQueue:
         self._cond = threading.Condition()
         self._pending: Work | None = None
         self._closed = False
-        self.coalesced = 0  # triggers merged into work already pending
 
     def put(self, cohorts: set[str] | str, reason: str, *, git_pull: bool = False) -> None:
         with self._cond:
             if self._pending is None:
                 self._pending = Work()
-            else:
-                self.coalesced += 1
             work = self._pending
             if cohorts == ALL:
                 work.everything = True
