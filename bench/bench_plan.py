@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from common import build_in_child, built, churned, cohortsync, measure, parser, report, write_state
+from common import churned, cohortsync, measure, parser, report, workspace, write_state
 
 NAIVE = r"""
 import sqlite3, sys
@@ -40,10 +40,7 @@ def spec(work: Path, source: str) -> None:
 
 
 def main() -> int:
-    args, in_builder = build_in_child(parser(__doc__, "1M"), build)
-    if in_builder:
-        return 0
-    with built(__file__, args) as work:
+    with workspace(parser(__doc__, "1M"), build, __file__) as (args, work):
         cfg = work / "cohortsync.yaml"
         cfg.write_text(f"cohorts_dir: cohorts\nstate_url: sqlite:///{work / 'state.db'}\n"
                        f"connections: {{wh: 'sqlite:///{work / 'warehouse.db'}'}}\n")

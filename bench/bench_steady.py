@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import time
 from pathlib import Path
 
-from common import build_in_child, built, churned, cohortsync, measure, parser, report, write_state
+from common import churned, cohortsync, measure, parser, report, workspace, write_state
 
 COHORTS = 100
 NAIVE = r"""
@@ -71,10 +70,7 @@ def state_fingerprint(work: Path) -> str:
 
 
 def main() -> int:
-    args, in_builder = build_in_child(parser(__doc__, "1M"), build)
-    if in_builder:
-        return 0
-    with built(__file__, args) as work:
+    with workspace(parser(__doc__, "1M"), build, __file__) as (args, work):
         cfg = work / "cohortsync.yaml"
         cfg.write_text(f"cohorts_dir: cohorts\nstate_url: sqlite:///{work / 'state.db'}\n")
         naive = measure([sys.executable, "-c", NAIVE, str(work / "cohorts"), str(work / "state.db")])

@@ -122,24 +122,21 @@ def cohortsync(*args: str) -> list[str]:
     return [sys.executable, "-m", "reconciler", *args]
 
 
-def build_in_child(p: argparse.ArgumentParser, build: "Callable[[Path, int], None]") -> tuple[argparse.Namespace, bool]:
-    """Parse the arguments; in the `--build DIR` child, build the data there and say so.
+@contextmanager
+def workspace(p: argparse.ArgumentParser, build: "Callable[[Path, int], None]",
+              script: str) -> Iterator[tuple[argparse.Namespace, Path]]:
+    """The parsed arguments and a temporary folder holding the benchmark's data.
 
-    The data is built in a child process so the benchmark itself stays small: on Linux a
-    child's peak RSS starts at its parent's, and the figures are the children's.
+    The data is built by `script --build DIR` in a child process, so the benchmark itself
+    stays small: on Linux a child's peak RSS starts at its parent's, and the figures are the
+    children's. In that child this builds and exits.
     """
     p.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.build:
         build(args.build, args.size)
-        return args, True
-    return args, False
-
-
-@contextmanager
-def built(script: str, args: argparse.Namespace) -> Iterator[Path]:
-    """A temporary folder holding the benchmark's data, built by `script --build` in a child."""
+        raise SystemExit(0)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         measure([sys.executable, script, "--size", str(args.size), "--build", str(work)])
-        yield work
+        yield args, work

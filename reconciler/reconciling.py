@@ -69,11 +69,11 @@ class Reconciler:
         return plans
 
     def prepare(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False,
-                prune: bool | None = None) -> Iterator[PreparedPlan]:
+                prune: bool | None = None, records: dict[str, CohortRecord] | None = None) -> Iterator[PreparedPlan]:
         """Plan every selected cohort in turn; the caller closes each PreparedPlan."""
         wanted = set(only)
         prune = self.settings.prune if prune is None else prune
-        records = self.state.cohorts()
+        records = self.state.cohorts() if records is None else records
         for plan in spec_error_plans(specs):
             if not wanted or plan.id in wanted:
                 yield PreparedPlan(plan)
@@ -93,7 +93,7 @@ class Reconciler:
         """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused."""
         report = RunReport(uuid.uuid4().hex[:12], dry_run=dry_run)
         records = self.state.cohorts()
-        for prepared in self.prepare(specs, only, force=force, prune=prune):
+        for prepared in self.prepare(specs, only, force=force, prune=prune, records=records):
             try:
                 if expected is not None and fingerprint(prepared.plan) != expected.get(prepared.plan.id):
                     report.outcomes.append(CohortOutcome(prepared.plan, "stale", error=STALE))

@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import IO, Any, Protocol
 
 import sqlalchemy as sa

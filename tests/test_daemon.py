@@ -8,7 +8,6 @@ import signal
 import time
 
 import pytest
-import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.cli import main
