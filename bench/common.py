@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,26 +42,50 @@ def parser(description: str, default: str) -> argparse.ArgumentParser:
 @dataclass
 class Run:
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the process tree's: the child and its helpers (GNU sort, the state reader) together
     output: str
 
 
 def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> Run:
-    """Wall time and peak RSS of one child process (os.wait4 reports that child's own peak).
+    """Wall time and peak RSS of one child process and everything it starts.
 
-    Linux starts a child's peak at its parent's peak (fork, then exec), so a benchmark builds
-    its data in a child too and never holds it itself.
+    os.wait4 reports the largest single process's peak RSS (the child's, or a helper's it
+    waited for); the sum over the live process tree is sampled every 20 ms, as PSS so that
+    pages the processes share (libpython, libc) count once. The figure is the larger of the
+    two, so helper processes count in full. Linux starts a child's peak at its parent's
+    (fork, then exec), so a benchmark builds its data in a child too and never holds it itself.
     """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             cwd=cwd)
+    tree_peak = [0]
+    sampler = threading.Thread(target=_sample_tree, args=(proc.pid, tree_peak), daemon=True)
+    sampler.start()
     out = proc.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
+    sampler.join()
     proc.stdout.close()
     if os.waitstatus_to_exitcode(status) not in (0, 2):
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out}")
-    return Run(seconds, usage.ru_maxrss / 1024, out)
+    return Run(seconds, max(usage.ru_maxrss * 1024, tree_peak[0]) / 2**20, out)
+
+
+def _sample_tree(pid: int, peak: list[int]) -> None:
+    """The largest sum of proportional resident memory (PSS) over `pid` and its descendants."""
+    while os.path.exists(f"/proc/{pid}/smaps_rollup"):
+        total, todo = 0, [pid]
+        while todo:
+            p = todo.pop()
+            try:
+                rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+                total += int(rollup.split("\nPss:", 1)[1].split()[0]) * 1024
+                for task in Path(f"/proc/{p}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError, IndexError):
+                continue  # it ended meanwhile
+        peak[0] = max(peak[0], total)
+        time.sleep(0.02)
 
 
 def uid(rng: random.Random, prefix: str = "u") -> str:

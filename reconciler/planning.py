@@ -19,9 +19,11 @@ from reconciler.batching import Envelope, Packer
 from reconciler.diffs import Tally, merge_diff
 from reconciler.errors import CohortApiError, SourceError, StateError
 from reconciler.ordering import OutOfOrder, checked, external_sort
+from reconciler import textdiff
+from reconciler.readahead import ReadAhead, SyncedMembers, synced_members
 from reconciler.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
 from reconciler.settings import Settings
-from reconciler.sources import Engines, Source, open_source
+from reconciler.sources import Engines, FileSource, Source, open_source
 from reconciler.specs import CohortSpec
 from reconciler.state import CohortRecord, StateStore
 
@@ -99,7 +101,7 @@ class Planner:
                 plan.desired = record.synced_count  # type: ignore[union-attr]
                 log.debug("cohort %s: spec and source unchanged since it converged", spec.id)
                 return prepared
-            self._diff(prepared, spec, source)
+            self._diff(prepared, spec, source, record)
         except (SourceError, CohortApiError, StateError) as exc:
             prepared.close()
             plan.status, plan.reason = ERROR, getattr(exc, "message", str(exc))
@@ -125,27 +127,59 @@ class Planner:
         plan.reason = "its spec is gone; pruning empties it"
         return prepared
 
-    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source) -> None:
-        with gc_paused():
-            self._diff_in_order(prepared, spec, source)
-
-    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source) -> None:
-        """Stream the source as it comes; if it is not in order, sort it and diff again."""
+    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None) -> None:
+        synced = synced_members(self.state, spec.id, record.synced_count if record else 0)  # starts reading now
         try:
-            return self._spill_diff(prepared, spec, checked(source.chunks()))
+            with gc_paused():
+                self._diff_in_order(prepared, spec, source, synced)
+        finally:
+            synced.close()
+
+    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, synced: SyncedMembers) -> None:
+        """Stream the source as it comes; if it is not in order, sort it and diff again.
+
+        A big plain file is handed to GNU sort and comm instead, when they are there.
+        """
+        if isinstance(synced, ReadAhead) and isinstance(source, FileSource) and textdiff.available() \
+                and source.plain_ascii():
+            try:
+                return self._text_diff(prepared, spec, str(source.path), synced)
+            except textdiff.ToolFailed as exc:
+                log.warning("cohort %s: %s; diffing it in Python instead", spec.id, exc)
+                prepared.close()
+        try:
+            return self._spill_diff(prepared, spec, checked(source.chunks()), synced)
         except OutOfOrder as exc:
             log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
             prepared.close()
         presorted = getattr(source, "sorted_by_tool", lambda: None)()
         if presorted is not None:
             try:
-                return self._spill_diff(prepared, spec, checked(presorted))
+                return self._spill_diff(prepared, spec, checked(presorted), synced)
             except (OutOfOrder, SourceError) as exc:
                 log.debug("cohort %s: sorting the file as is did not do (%s); sorting it uid by uid", spec.id, exc)
                 prepared.close()
-        self._spill_diff(prepared, spec, external_sort(source.chunks()))
+        self._spill_diff(prepared, spec, external_sort(source.chunks()), synced)
 
-    def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]]) -> None:
+    def _text_diff(self, prepared: PreparedPlan, spec: CohortSpec, path: str, synced: ReadAhead) -> None:
+        plan = prepared.plan
+        prepared.adds = adds = self._spill("add_members", plan)
+        prepared.removes = removes = self._spill("remove_members", plan)
+        gone = 0
+        presorted = textdiff.strictly_sorted(path)
+        for added, removed in textdiff.comm_diff(path, synced.text_blocks(), presorted=presorted):
+            adds.write(added)
+            gone += len(removed)
+            if spec.mode == "mirror":
+                removes.write(removed)
+        plan.synced = synced.count
+        plan.desired = plan.synced + adds.count - gone
+        plan.adds, plan.removes = adds.count, removes.count
+        plan.requests = adds.requests + removes.requests
+        plan.sample_adds, plan.sample_removes = adds.samples, removes.samples
+
+    def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]],
+                    synced: SyncedMembers) -> None:
         plan = prepared.plan
         prepared.adds = adds = self._spill("add_members", plan)
         prepared.removes = removes = self._spill("remove_members", plan)
@@ -154,7 +188,7 @@ class Planner:
         digest = hashlib.sha256() if self.digest_desired else None
         if digest is not None:
             desired = _hashing(desired, digest)
-        for added, removed in merge_diff(desired, self._synced(spec.id), tally):
+        for added, removed in merge_diff(desired, synced, tally):
             adds.write(added)
             if mirror:
                 removes.write(removed)
@@ -164,13 +198,6 @@ class Planner:
         plan.adds, plan.removes = adds.count, removes.count
         plan.requests = adds.requests + removes.requests
         plan.sample_adds, plan.sample_removes = adds.samples, removes.samples
-
-    def _synced(self, cohort_id: str) -> Iterator[list[str]]:
-        try:
-            yield from checked(self.state.synced_chunks(cohort_id))
-        except OutOfOrder as exc:
-            raise StateError(f"members of {cohort_id} do not come back in code-point order ({exc}): "
-                             "the state database's uid column needs a binary collation") from exc
 
     def _spill(self, action: str, plan: CohortPlan) -> Spill:
         envelope = self.envelope(action, plan.id, plan.name, plan.description)

@@ -29,6 +29,8 @@ from reconciler.specs import CohortSpec
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _BAD_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\ud800-\udfff]")
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\n"  # what a plain_ascii file holds
+_BREAKS = (b"\n\n", b"\n ", b" \n")  # a blank line, a padded line
 STREAM_ROWS = 20_000  # rows fetched per round trip from a server-side cursor
 BLOCK = 1 << 20  # bytes of a UID file read at once
 
@@ -120,6 +122,23 @@ class FileSource:
         if self.csv or self.path.name.lower().endswith(".gz") or not gnu_sort_available():
             return None
         return (self._block(block, 0) for block in gnu_sort_file(str(self.path)))
+
+    def plain_ascii(self) -> bool:
+        """Every line of this .txt file is already a uid as it would be read: printable ASCII,
+        no padding, no blank line. Then GNU tools may read the file itself (textdiff.py)."""
+        if self.csv or self.path.name.lower().endswith(".gz"):
+            return False
+        previous = b"\n"  # as if a line had just ended: a blank or padded first line shows
+        try:
+            with open(self.path, "rb") as fh:
+                for block in iter(lambda: fh.read(BLOCK), b""):
+                    seam = previous + block[:1]
+                    if block.translate(None, _PLAIN) or any(p in block or p == seam for p in _BREAKS):
+                        return False
+                    previous = block[-1:]
+        except OSError:
+            return False  # the careful path reports it
+        return previous != b" "
 
     def _open(self) -> IO[bytes]:
         if self.path.name.lower().endswith(".gz"):

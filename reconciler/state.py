@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.cursors import streaming_cursor
 from reconciler.errors import StateError, short_message
+from reconciler.ordering import OutOfOrder, checked
 
 SCHEMA_VERSION = 2
 READ_ROWS = 20_000  # members fetched per round trip
@@ -137,6 +138,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def synced_in_order(store: "StateStore", cohort_id: str) -> Iterator[list[str]]:
+    """A cohort's members as the merge diff needs them: strictly ascending, or a StateError."""
+    try:
+        yield from checked(store.synced_chunks(cohort_id))
+    except OutOfOrder as exc:
+        raise StateError(f"members of {cohort_id} do not come back in code-point order ({exc}): "
+                         "the state database's uid column needs a binary collation") from exc
 
 
 class StateStore:

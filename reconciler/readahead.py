@@ -1,0 +1,201 @@
+"""A big cohort's synced members, read by a helper process so that a plan uses two cores.
+
+Fetching ten million rows through a DBAPI driver costs about three seconds of Python, and the
+GIL keeps a thread from overlapping that with reading the source. So above `min_members()` a
+helper (`python -m reconciler.readahead`) reads the members, checks their order and appends
+them, a block of newline-terminated uids at a time, to an unlinked temporary file; over a pipe
+it tells the parent where each block lies. The parent splits the blocks as the diff asks for them.
+
+The uids travel through a file, not the pipe, so the helper never waits for the parent (while
+GNU sort holds the source back, say), and a second pass over the members, after a source turns
+out to be unsorted, reads the file again instead of the database. The blocks are sorted text
+that GNU comm can read as they are (textdiff.py). Uids cannot hold a newline (sources refuse
+it), and each block's count is checked when it is split all the same.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Protocol
+
+from reconciler.errors import StateError
+from reconciler.state import StateStore, make_engine, synced_in_order
+
+log = logging.getLogger(__name__)
+
+MIN_MEMBERS = 1_000_000  # below this, starting a process costs more than it saves
+MIN_MEMBERS_ENV = "COHORTSYNC_READ_AHEAD_MIN"
+
+
+class SyncedMembers(Protocol):
+    """A cohort's synced members as sorted chunks; iterable more than once; close() when done."""
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """The members read here, from the database, on each pass."""
+
+    def __init__(self, state: StateStore, cohort_id: str) -> None:
+        self.state, self.cohort_id = state, cohort_id
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return synced_in_order(self.state, self.cohort_id)
+
+    def close(self) -> None:
+        pass
+
+
+def min_members() -> int:
+    """The size from which members are read by a helper; COHORTSYNC_READ_AHEAD_MIN overrides it."""
+    raw = os.environ.get(MIN_MEMBERS_ENV, "").strip()
+    try:
+        return int(raw) if raw else MIN_MEMBERS
+    except ValueError:
+        log.warning("%s=%r is not a number; using %d", MIN_MEMBERS_ENV, raw, MIN_MEMBERS)
+        return MIN_MEMBERS
+
+
+def synced_members(state: StateStore, cohort_id: str, synced_count: int) -> SyncedMembers:
+    """A helper process for a big cohort in a database another process can open; else in process."""
+    url = state.engine.url
+    if synced_count < min_members() or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
+        return InProcess(state, cohort_id)
+    try:
+        return ReadAhead(url.render_as_string(hide_password=False), cohort_id)
+    except OSError as exc:
+        log.debug("cohort %s: cannot start a reader process (%s); reading members here", cohort_id, exc)
+        return InProcess(state, cohort_id)
+
+
+class ReadAhead:
+    """Members streamed by a helper process into a temporary file, block by block."""
+
+    def __init__(self, url: str, cohort_id: str) -> None:
+        self.cohort_id = cohort_id
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-members-")
+        package_root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "reconciler.readahead"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                pass_fds=(self._file.fileno(),), env={**os.environ, "PYTHONPATH": path})
+        except OSError:
+            self._file.close()
+            raise
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._messages = self._proc.stdout
+        job = {"url": url, "cohort_id": cohort_id, "fd": self._file.fileno()}  # on stdin: no secret in argv
+        try:
+            self._proc.stdin.write(json.dumps(job).encode())
+            self._proc.stdin.close()
+        except OSError:
+            pass  # the helper died at once; its exit status is reported on the first read
+        self._blocks: list[tuple[int, int, int]] = []  # (offset, length, count) of each block so far
+        self._done = False
+        self._error: StateError | None = None
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for data, count in self._blocks_read():
+            uids = data.decode("utf-8").split("\n")
+            uids.pop()  # each block ends with a newline
+            if len(uids) != count:
+                raise StateError(f"members of {self.cohort_id}: a block read back from the helper's file is damaged")
+            yield uids
+
+    def text_blocks(self) -> Iterator[bytes]:
+        """The members as sorted text, newline-terminated lines, block by block (for GNU comm)."""
+        for data, _ in self._blocks_read():
+            yield data
+
+    @property
+    def count(self) -> int:
+        """Members announced so far: all of them once a pass has ended."""
+        return sum(count for _, _, count in self._blocks)
+
+    def _blocks_read(self) -> Iterator[tuple[bytes, int]]:
+        index = 0
+        while True:
+            while index >= len(self._blocks) and not self._done:
+                self._receive()
+            if index >= len(self._blocks):
+                return
+            offset, length, count = self._blocks[index]
+            index += 1
+            data = os.pread(self._file.fileno(), length, offset)
+            if len(data) != length:
+                raise StateError(f"members of {self.cohort_id}: the helper's file is shorter than it said")
+            yield data, count
+
+    def _receive(self) -> None:
+        """Take the helper's next message: a block's place, the end, or its error."""
+        if self._error is not None:
+            raise self._error
+        line = self._messages.readline().decode("utf-8", "replace").rstrip("\n")
+        kind, _, rest = line.partition(" ")
+        if kind == "block":
+            offset, length, count = (int(v) for v in rest.split())
+            self._blocks.append((offset, length, count))
+            return
+        if kind == "done":
+            self._done = True
+            return
+        if kind == "error":
+            self._error = StateError(json.loads(rest))
+        else:
+            status = self._proc.wait()
+            self._error = StateError(f"the process reading members of {self.cohort_id} stopped "
+                                     f"(exit status {status}) before it finished")
+        raise self._error
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._messages.close()
+        self._file.close()
+
+
+def _serve(job: dict) -> None:
+    """The helper's side: members in order, each block written to the file, then announced."""
+    out = os.fdopen(job["fd"], "wb")
+    offset = 0
+    try:
+        state = StateStore(make_engine(job["url"]))  # read only: no migration from here
+        for chunk in synced_in_order(state, job["cohort_id"]):
+            data = "\n".join(chunk).encode("utf-8") + b"\n"
+            out.write(data)
+            out.flush()  # on disk (in the page cache) before the parent hears of it
+            _say(f"block {offset} {len(data)} {len(chunk)}")
+            offset += len(data)
+    except StateError as exc:
+        _say(f"error {json.dumps(exc.args[0] if exc.args else str(exc))}")
+        return
+    _say("done")
+
+
+def _say(message: str) -> None:
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()  # the parent may be waiting for this very block
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    try:
+        _serve(json.loads(sys.stdin.read()))
+    except BrokenPipeError:  # the parent is gone or no longer wants the members
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Synced members read by a helper process: the same uids, in the same order, and every failure a StateError."""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import closing
+
+import pytest
+
+from reconciler.errors import StateError
+from reconciler.readahead import MIN_MEMBERS, MIN_MEMBERS_ENV, InProcess, ReadAhead, min_members, synced_members
+from reconciler.state import READ_ROWS, StateStore, members
+
+UIDS = sorted({f"u{i:07d}" for i in range(0, 2 * READ_ROWS + 123, 1)} | {"é", "中", "😀", "a b"})
+
+
+@pytest.fixture
+def state(state_url):
+    store = StateStore.open(state_url)
+    store.commit_batch("big", ".Big", None, "add_members", UIDS)
+    yield store
+    store.close()
+
+
+def flat(chunks) -> list[str]:
+    return [uid for chunk in chunks for uid in chunk]
+
+
+def test_the_helper_reads_what_the_database_holds_in_several_blocks(state):
+    reader = ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")
+    try:
+        chunks = list(reader)
+        assert len(chunks) >= 3
+        assert flat(chunks) == UIDS
+        assert flat(reader) == UIDS  # a second pass reads the helper's file again
+    finally:
+        reader.close()
+    assert reader._proc.returncode is not None
+
+
+def test_big_cohorts_go_to_a_helper_and_small_ones_stay(state, monkeypatch):
+    monkeypatch.setenv(MIN_MEMBERS_ENV, str(len(UIDS)))
+    big, small = synced_members(state, "big", len(UIDS)), synced_members(state, "big", len(UIDS) - 1)
+    try:
+        assert isinstance(big, ReadAhead) and isinstance(small, InProcess)
+        assert flat(big) == flat(small) == UIDS
+    finally:
+        big.close()
+        small.close()
+
+
+def test_the_size_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(MIN_MEMBERS_ENV, raising=False)
+    assert min_members() == MIN_MEMBERS
+    monkeypatch.setenv(MIN_MEMBERS_ENV, "0")
+    assert min_members() == 0
+    monkeypatch.setenv(MIN_MEMBERS_ENV, "lots")
+    assert min_members() == MIN_MEMBERS
+
+
+def test_an_in_memory_database_is_read_in_process(monkeypatch):
+    monkeypatch.setenv(MIN_MEMBERS_ENV, "0")
+    store = StateStore.open("sqlite://")
+    store.commit_batch("c", ".C", None, "add_members", ["b", "a"])
+    reader = synced_members(store, "c", 2)
+    assert isinstance(reader, InProcess) and flat(reader) == ["a", "b"]
+    store.close()
+
+
+def test_a_database_error_in_the_helper_is_a_state_error(state):
+    with state.engine.begin() as conn:
+        conn.execute(members.delete())
+        conn.exec_driver_sql("DROP TABLE cs_members")
+    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
+        with pytest.raises(StateError, match="cannot read members of big"):
+            list(reader)
+        with pytest.raises(StateError, match="cannot read members of big"):
+            list(reader)  # the error stays
+
+
+def test_members_out_of_order_are_reported_by_the_helper(tmp_path):
+    """A uid column without a binary collation would break the merge; the helper says so."""
+    import sqlite3
+    path = tmp_path / "state.db"
+    StateStore.open(f"sqlite:///{path}").close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE cs_members")
+    db.execute("CREATE TABLE cs_members (cohort_id TEXT, uid TEXT COLLATE NOCASE, PRIMARY KEY (cohort_id, uid))")
+    db.executemany("INSERT INTO cs_members VALUES ('c', ?)", [("a",), ("B",), ("c",)])
+    db.commit()
+    db.close()
+    with closing(ReadAhead(f"sqlite:///{path}", "c")) as reader, pytest.raises(StateError, match="code-point order"):
+        list(reader)
+
+
+def test_a_helper_that_dies_is_a_state_error(state):
+    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
+        reader._proc.kill()
+        with pytest.raises(StateError, match="stopped"):
+            list(reader)
+
+
+def test_closing_early_stops_the_helper(state):
+    reader = ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")
+    next(iter(reader))
+    reader.close()
+    assert reader._proc.returncode is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(reader._proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the helper outlived close()")
