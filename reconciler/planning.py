@@ -128,67 +128,61 @@ class Planner:
         return prepared
 
     def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None) -> None:
+        """Diff with both cores for a big cohort: a helper reads the state, GNU comm compares."""
         synced = synced_members(self.state, spec.id, record.synced_count if record else 0)  # starts reading now
+        tools = isinstance(synced, ReadAhead) and textdiff.available()
         try:
             with gc_paused():
-                self._diff_in_order(prepared, spec, source, synced)
+                try:
+                    self._diff_in_order(prepared, spec, source, synced, tools)
+                except textdiff.ToolFailed as exc:
+                    log.warning("cohort %s: %s; diffing it in Python instead", spec.id, exc)
+                    prepared.close()
+                    self._diff_in_order(prepared, spec, source, synced, tools=False)
         finally:
             synced.close()
 
-    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, synced: SyncedMembers) -> None:
+    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, synced: SyncedMembers,
+                       tools: bool) -> None:
         """Stream the source as it comes; if it is not in order, sort it and diff again.
 
-        A big plain file is handed to GNU sort and comm instead, when they are there.
+        With the GNU tools, a plain file goes to them as it is, never read here uid by uid.
         """
-        if isinstance(synced, ReadAhead) and isinstance(source, FileSource) and textdiff.available() \
-                and source.plain_ascii():
-            try:
-                return self._text_diff(prepared, spec, str(source.path), synced)
-            except textdiff.ToolFailed as exc:
-                log.warning("cohort %s: %s; diffing it in Python instead", spec.id, exc)
-                prepared.close()
+        if tools and isinstance(source, FileSource) and source.plain_ascii():
+            return self._spill_diff(prepared, spec, str(source.path), synced, tools)
         try:
-            return self._spill_diff(prepared, spec, checked(source.chunks()), synced)
+            return self._spill_diff(prepared, spec, checked(source.chunks()), synced, tools)
         except OutOfOrder as exc:
             log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
             prepared.close()
         presorted = getattr(source, "sorted_by_tool", lambda: None)()
         if presorted is not None:
             try:
-                return self._spill_diff(prepared, spec, checked(presorted), synced)
+                return self._spill_diff(prepared, spec, checked(presorted), synced, tools)
             except (OutOfOrder, SourceError) as exc:
                 log.debug("cohort %s: sorting the file as is did not do (%s); sorting it uid by uid", spec.id, exc)
                 prepared.close()
-        self._spill_diff(prepared, spec, external_sort(source.chunks()), synced)
+        self._spill_diff(prepared, spec, external_sort(source.chunks()), synced, tools)
 
-    def _text_diff(self, prepared: PreparedPlan, spec: CohortSpec, path: str, synced: ReadAhead) -> None:
-        plan = prepared.plan
-        prepared.adds = adds = self._spill("add_members", plan)
-        prepared.removes = removes = self._spill("remove_members", plan)
-        gone = 0
-        presorted = textdiff.strictly_sorted(path)
-        for added, removed in textdiff.comm_diff(path, synced.text_blocks(), presorted=presorted):
-            adds.write(added)
-            gone += len(removed)
-            if spec.mode == "mirror":
-                removes.write(removed)
-        plan.synced = synced.count
-        plan.desired = plan.synced + adds.count - gone
-        plan.adds, plan.removes = adds.count, removes.count
-        plan.requests = adds.requests + removes.requests
-        plan.sample_adds, plan.sample_removes = adds.samples, removes.samples
-
-    def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]],
-                    synced: SyncedMembers) -> None:
+    def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]] | str,
+                    synced: SyncedMembers, tools: bool) -> None:
+        """Diff desired (sorted chunks, or a plain file's path) against synced, into the spills."""
         plan = prepared.plan
         prepared.adds = adds = self._spill("add_members", plan)
         prepared.removes = removes = self._spill("remove_members", plan)
         tally = Tally()
         mirror = spec.mode == "mirror"
-        digest = hashlib.sha256() if self.digest_desired else None
+        digest = hashlib.sha256() if self.digest_desired and not isinstance(desired, str) else None
         if digest is not None:
-            desired = _hashing(desired, digest)
-        for added, removed in merge_diff(desired, synced, tally):
+            desired = _hashing(desired, digest)  # type: ignore[arg-type]
+        if tools:
+            assert isinstance(synced, ReadAhead)
+            text = desired if isinstance(desired, str) else textdiff.as_text(desired)
+            pairs = textdiff.comm_diff(text, synced.text_blocks(), tally)
+        else:
+            assert not isinstance(desired, str)
+            pairs = merge_diff(desired, synced, tally)
+        for added, removed in pairs:
             adds.write(added)
             if mirror:
                 removes.write(removed)

@@ -1,11 +1,12 @@
-"""The merge diff of a big plain UID file, done by GNU sort and comm: no Python work per uid.
+"""The merge diff of a big cohort, done by GNU comm (and sort): no Python work per unchanged uid.
 
-For a cohort of millions, the Python merge spends seconds splitting, checking and comparing
-uids that are the same on both sides. When the source is a plain file whose lines are already
-the uids (`FileSource.plain_ascii`), that work can go to coreutils: `sort -u` orders the file
-(skipped when `sort -C -u` finds it strictly sorted already), and `comm -3` compares it with
-the synced members, fed in as sorted text from the helper process that reads them
-(readahead.py). Only the differences, a small fraction at steady churn, come back to Python.
+For a cohort of millions, the Python merge spends seconds splitting and comparing uids that
+are the same on both sides. When the synced members come from the helper process
+(readahead.py) as sorted text, `comm -3` compares them with the desired side and only the
+differences, a small fraction at steady churn, come back to Python. The desired side is
+either a plain file (`FileSource.plain_ascii`: every line already a uid), handed to the tools
+as it is (`sort -u` orders it, unless `sort -C -u` finds it strictly sorted already), or the
+checked chunks of any other source, written to comm as text by a thread.
 
 Both tools run with LC_ALL=C, whose byte order is code-point order for UTF-8, the order the
 state keeps. `comm --check-order` turns any ordering slip into a failure rather than a wrong
@@ -20,6 +21,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 
+from reconciler.diffs import Tally
 from reconciler.ordering import SORT_MEMORY, gnu_tool, output_blocks
 
 C_LOCALE = {"LC_ALL": "C"}
@@ -41,54 +43,88 @@ def strictly_sorted(path: str) -> bool:
     return done.returncode == 0
 
 
-def comm_diff(path: str, synced: Iterable[bytes], *, presorted: bool,
-              memory: str = SORT_MEMORY) -> Iterator[tuple[list[str], list[str]]]:
-    """(adds, removes) of the file's lines against the synced text blocks, each ascending.
+def as_text(chunks: Iterable[list[str]]) -> Iterator[bytes]:
+    """Sorted uid chunks as blocks of newline-terminated lines."""
+    for chunk in chunks:
+        if chunk:
+            yield ("\n".join(chunk) + "\n").encode("utf-8")
 
-    `synced` yields blocks of whole newline-terminated lines in strictly ascending order. The
-    generator ends normally only if sort, comm and the synced side all finished cleanly; else
-    it raises ToolFailed, or the synced side's own exception.
+
+def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally,
+              memory: str = SORT_MEMORY) -> Iterator[tuple[list[str], list[str]]]:
+    """(adds, removes) of desired against synced, each ascending; both sides counted into `tally`.
+
+    `desired` is the path of a plain file (sorted here unless already strictly sorted) or, like
+    `synced`, blocks of newline-terminated lines in strictly ascending order. The generator ends
+    normally only if every tool and both sides finished cleanly; else it raises ToolFailed, or
+    the exception a side raised (an OutOfOrder, a SourceError, a StateError).
     """
     env = {**os.environ, **C_LOCALE}
+    path = desired if isinstance(desired, str) else None
     procs: list[subprocess.Popen] = []
+    feeds: list[tuple[Iterable[bytes], int]] = []
     read_synced, write_synced = os.pipe()
-    sorter = None
     try:
-        if not presorted:
-            sorter = subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir(),
-                                       "--", path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=env)
-            procs.append(sorter)
-        comm = subprocess.Popen(["comm", "-3", "--check-order", "--", "-" if sorter else path, f"/dev/fd/{read_synced}"],
-                                stdin=sorter.stdout if sorter else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, pass_fds=(read_synced,), env=env)
-        procs.append(comm)
+        if path is None:
+            read_desired, write_desired = os.pipe()
+            feeds.append((_counted(desired, tally, "desired"), write_desired))
+            first = f"/dev/fd/{read_desired}"
+        elif strictly_sorted(path):
+            first = path
+        else:
+            procs.append(subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir(),
+                                           "--", path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, env=env))
+            first = "-"
+        feeds.append((_counted(synced, tally, "synced"), write_synced))
+        inherited = (read_synced,) if path is not None else (read_desired, read_synced)
+        procs.append(subprocess.Popen(["comm", "-3", "--check-order", "--", first, f"/dev/fd/{read_synced}"],
+                                      stdin=procs[0].stdout if procs else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, pass_fds=inherited, env=env))
     except BaseException:
-        os.close(write_synced)
+        for _, fd in feeds:
+            os.close(fd)
         _stop(procs)
         raise
     finally:
         os.close(read_synced)
-        if sorter is not None and sorter.stdout is not None:
-            sorter.stdout.close()  # comm reads it now
-    failure: list[BaseException] = []
-    feeder = threading.Thread(target=_feed, args=(synced, write_synced, failure), name="comm-feeder", daemon=True)
-    feeder.start()
+        if path is None:
+            os.close(read_desired)
+        if len(procs) == 2:
+            procs[0].stdout.close()  # type: ignore[union-attr]  # comm reads it now
+    comm = procs[-1]
+    failures: list[BaseException] = []
+    feeders = [threading.Thread(target=_feed, args=(blocks, fd, failures), name="comm-feeder", daemon=True)
+               for blocks, fd in feeds]
+    for feeder in feeders:
+        feeder.start()
+    adds = removes = 0
     try:
         try:
             for block in output_blocks(comm):
-                yield _split(block.decode("utf-8"))
+                pair = _split(block.decode("utf-8"))
+                adds, removes = adds + len(pair[0]), removes + len(pair[1])
+                yield pair
         except OSError:
             pass  # comm's exit status and message are reported below
-        feeder.join()  # comm read the synced side to its end, or stopped and broke the pipe
-        if failure:
-            raise failure[0]
+        for feeder in feeders:
+            feeder.join()  # comm read each side to its end, or stopped and broke the pipe
+        if failures:
+            raise failures[0]
         for proc in procs:
             if proc.wait() != 0:
                 message = proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else ""
                 raise ToolFailed(f"{proc.args[0]} exited with status {proc.returncode}: {message or 'no message'}")
+        if path is not None:  # the file was never read here: its size follows from the rest
+            tally.desired = tally.synced + adds - removes
     finally:
         _stop(procs)
+
+
+def _counted(blocks: Iterable[bytes], tally: Tally, side: str) -> Iterator[bytes]:
+    for block in blocks:
+        setattr(tally, side, getattr(tally, side) + block.count(b"\n"))
+        yield block
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -101,8 +137,9 @@ def _stop(procs: list[subprocess.Popen]) -> None:
                 pipe.close()
 
 
-def _feed(blocks: Iterable[bytes], fd: int, failure: list[BaseException]) -> None:
-    """Write the synced side into comm's second input; an error is kept for the reading side."""
+def _feed(blocks: Iterable[bytes], fd: int, failures: list[BaseException]) -> None:
+    """Write one side into comm; an error is kept for the reading side. The side's own
+    generator is closed here, in the thread that ran it (a database cursor may care)."""
     try:
         with os.fdopen(fd, "wb") as out:
             for block in blocks:
@@ -110,7 +147,11 @@ def _feed(blocks: Iterable[bytes], fd: int, failure: list[BaseException]) -> Non
     except BrokenPipeError:
         pass  # comm stopped early; its exit status tells why
     except BaseException as exc:  # noqa: BLE001 - handed to the reading side, which raises it
-        failure.append(exc)
+        failures.append(exc)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def _split(text: str) -> tuple[list[str], list[str]]:

@@ -10,11 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler import textdiff
+from reconciler.diffs import Tally
 from reconciler.errors import StateError
 from reconciler.readahead import MIN_MEMBERS_ENV, ReadAhead
 from reconciler.sources import FileSource
 from reconciler.specs import CohortSpec, SourceSpec
-from tests.helpers import Repo
+from tests.conftest import API_KEY, WORKSPACE
+from tests.helpers import Repo, warehouse
 
 pytestmark = pytest.mark.skipif(not textdiff.available(), reason="GNU sort and comm are not on PATH")
 
@@ -76,21 +78,31 @@ ascii_uid = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_s
 @settings(max_examples=40, deadline=None)
 @given(desired=st.lists(ascii_uid, max_size=60), synced=st.sets(st.one_of(ascii_uid, st.text("éü中😀", min_size=1)),
                                                                  max_size=60),
-       shuffle=st.booleans())
-def test_comm_diff_is_the_set_difference(tmp_path_factory, desired, synced, shuffle):
-    path = tmp_path_factory.mktemp("comm") / "uids.txt"
-    lines = sorted(set(desired)) if not shuffle else desired[:]
-    if shuffle:
-        random.Random(len(desired)).shuffle(lines)
-    path.write_text("".join(u + "\n" for u in lines))
-    presorted = textdiff.strictly_sorted(str(path))
-    assert presorted == (lines == sorted(set(lines)))
-    adds, removes = [], []
-    for added, removed in textdiff.comm_diff(str(path), blocks(sorted(synced)), presorted=presorted):
+       shape=st.sampled_from(["sorted file", "shuffled file", "text blocks"]))
+def test_comm_diff_is_the_set_difference(tmp_path_factory, desired, synced, shape):
+    if shape == "text blocks":
+        given_desired = blocks(sorted(set(desired)))
+    else:
+        path = tmp_path_factory.mktemp("comm") / "uids.txt"
+        lines = sorted(set(desired)) if shape == "sorted file" else desired[:]
+        if shape == "shuffled file":
+            random.Random(len(desired)).shuffle(lines)
+        path.write_text("".join(u + "\n" for u in lines))
+        given_desired = str(path)
+    adds, removes, tally = [], [], Tally()
+    for added, removed in textdiff.comm_diff(given_desired, blocks(sorted(synced)), tally):
         adds += added
         removes += removed
     assert adds == sorted(set(desired) - synced)
     assert removes == sorted(synced - set(desired))
+    assert (tally.desired, tally.synced) == (len(set(desired)), len(synced))
+
+
+def test_strictly_sorted_means_ascending_without_duplicates(tmp_path):
+    path = tmp_path / "uids.txt"
+    for content, expected in (("a\nb\nc\n", True), ("a\nc\nb\n", False), ("a\nb\nb\n", False), ("", True)):
+        path.write_text(content)
+        assert textdiff.strictly_sorted(str(path)) is expected
 
 
 def test_a_synced_side_that_fails_midway_fails_the_diff(tmp_path):
@@ -102,19 +114,19 @@ def test_a_synced_side_that_fails_midway_fails_the_diff(tmp_path):
         raise RuntimeError("the helper died")
 
     with pytest.raises(RuntimeError, match="helper died"):
-        list(textdiff.comm_diff(str(path), synced(), presorted=True))
+        list(textdiff.comm_diff(str(path), synced(), Tally()))
 
 
 def test_a_synced_side_out_of_order_is_a_tool_failure(tmp_path):
     path = tmp_path / "uids.txt"
     path.write_text("a\nb\n")
     with pytest.raises(textdiff.ToolFailed, match="comm exited with status 1: .*not in sorted order"):
-        list(textdiff.comm_diff(str(path), [b"b\na\n"], presorted=True))
+        list(textdiff.comm_diff(str(path), [b"b\na\n"], Tally()))
 
 
 def test_a_file_that_vanishes_is_a_tool_failure(tmp_path):
     with pytest.raises(textdiff.ToolFailed, match="sort exited"):
-        list(textdiff.comm_diff(str(tmp_path / "gone.txt"), [b"a\n"], presorted=False))
+        list(textdiff.comm_diff(str(tmp_path / "gone.txt"), [b"a\n"], Tally()))
 
 
 # --- through the planner: a helper process reads the state, GNU tools diff ------------------------------
@@ -130,6 +142,15 @@ def plan_json(repo: Repo, capsys, log: list[str] | None = None) -> dict:
     return {c["id"]: c for c in json.loads(out)["cohorts"]}
 
 
+def plan_with_tools(repo: Repo, capsys, monkeypatch) -> tuple[dict, list]:
+    """The plan with every cohort big enough for the helper and the GNU tools; what comm was given."""
+    monkeypatch.setenv(MIN_MEMBERS_ENV, "1")
+    calls: list = []
+    real = textdiff.comm_diff
+    monkeypatch.setattr(textdiff, "comm_diff", lambda desired, *a: calls.append(desired) or real(desired, *a))
+    return plan_json(repo, capsys), calls
+
+
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
 def test_gnu_path_plans_and_applies_what_the_python_path_does(repo, emulator, capsys, monkeypatch, order):
     repo.file_cohort("big", USERS[:1500])
@@ -142,18 +163,43 @@ def test_gnu_path_plans_and_applies_what_the_python_path_does(repo, emulator, ca
     repo.uids("big", wanted)
     repo.uids("adds", USERS[500:1200])
     in_python = plan_json(repo, capsys)
-    monkeypatch.setenv(MIN_MEMBERS_ENV, "1")
-    calls = []
-    real = textdiff.comm_diff
-    monkeypatch.setattr(textdiff, "comm_diff", lambda *a, **k: calls.append(k) or real(*a, **k))
-    with_tools = plan_json(repo, capsys)
-    assert len(calls) == 2 and {c["presorted"] for c in calls} == {order == "sorted", True}
+    with_tools, calls = plan_with_tools(repo, capsys, monkeypatch)
+    assert len(calls) == 2 and all(isinstance(c, str) for c in calls)  # the files themselves went to the tools
     assert with_tools == in_python
     assert (with_tools["big"]["adds"], with_tools["big"]["removes"], with_tools["big"]["desired"]) == (100, 100, 1500)
     assert (with_tools["adds"]["adds"], with_tools["adds"]["removes"], with_tools["adds"]["desired"]) == (200, 0, 700)
     assert repo.run(capsys, "apply")[0] == 0
     assert emulator.members("big") == USERS[100:1600]
     assert emulator.members("adds") == USERS[:1200]
+
+
+@pytest.mark.parametrize("order_by", ["ORDER BY uid", ""])
+def test_sql_sources_and_padded_files_go_to_comm_as_text(tmp_path, emulator, capsys, monkeypatch, order_by):
+    """Sources read here (SQL, a file that needs stripping) reach comm as checked text; an
+    unsorted query fails the check inside the feeding thread and is sorted, as in Python."""
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    shuffled = USERS[:1500]
+    random.Random(5).shuffle(shuffled)
+    url, engine = warehouse(tmp_path / "wh.db", shuffled)
+    engine.dispose()
+    repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
+    repo.spec("sql.yaml", f"id: sql\nname: .Sql\nsource: {{connection: wh, sql: 'SELECT uid FROM t {order_by}'}}\n")
+    repo.file_cohort("padded", USERS[:1500])
+    assert repo.run(capsys, "apply")[0] == 0
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM t WHERE uid < 'u00100'")
+        conn.exec_driver_sql("INSERT INTO t VALUES ('v1'), ('v2'), ('v1')")
+    (repo.cohorts / "uids" / "padded.txt").write_bytes(b"".join(b"  %s \r\n" % u.encode() for u in USERS[50:1550]))
+    in_python = plan_json(repo, capsys)
+    with_tools, calls = plan_with_tools(repo, capsys, monkeypatch)
+    assert calls and not any(isinstance(c, str) for c in calls)
+    assert with_tools == in_python
+    assert (with_tools["sql"]["adds"], with_tools["sql"]["removes"], with_tools["sql"]["desired"]) == (2, 100, 1402)
+    assert (with_tools["padded"]["adds"], with_tools["padded"]["removes"]) == (50, 50)
+    assert repo.run(capsys, "apply")[0] == 0
+    assert emulator.members("sql") == sorted(USERS[100:1500] + ["v1", "v2"])
+    assert emulator.members("padded") == USERS[50:1550]
 
 
 def test_a_tool_failure_falls_back_to_the_python_merge(repo, emulator, capsys, monkeypatch):
