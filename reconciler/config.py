@@ -13,7 +13,8 @@ from typing import Any
 
 from reconciler.documents import Document, parse_yaml, schema_problems
 from reconciler.errors import ConfigError
-from reconciler.settings import DaemonSettings, MoEngageSettings, RateLimit, Secret, Settings, parse_duration
+from reconciler.settings import (PARALLEL_PLAN_MIN, DaemonSettings, MoEngageSettings, RateLimit, Secret, Settings,
+                                 parse_duration)
 
 DEFAULT_CONFIG = "cohortsync.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -25,6 +26,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "COHORTSYNC_PARTNER": ("partner",),
     "COHORTSYNC_PRUNE": ("prune",),
     "COHORTSYNC_STATEMENT_TIMEOUT": ("statement_timeout",),
+    "COHORTSYNC_PARALLEL_PLAN_MIN": ("parallel_plan_min",),
     "MOENGAGE_DC": ("moengage", "dc"),
     "MOENGAGE_BASE_URL": ("moengage", "base_url"),
     "MOENGAGE_WORKSPACE_ID": ("moengage", "workspace_id"),
@@ -42,7 +44,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
 }
 CONNECTION_PREFIX = "COHORTSYNC_CONNECTION_"  # COHORTSYNC_CONNECTION_WAREHOUSE=postgresql://...
 _BOOLEAN = {"prune", "git_pull"}
-_INTEGER = {"max_payload_bytes", "max_retries"}
+_INTEGER = {"max_payload_bytes", "max_retries", "parallel_plan_min"}
 
 
 def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +157,7 @@ def _settings(data: dict[str, Any], base: Path, file: str | None) -> Settings:
         connections={k: Secret(sqlite_relative_to(str(v), base)) for k, v in (data.get("connections") or {}).items() if v},
         daemon=daemon_settings,
         statement_timeout=_parsed(parse_duration, data.get("statement_timeout", "5m"), where, "statement_timeout"),
+        parallel_plan_min=int(data.get("parallel_plan_min", PARALLEL_PLAN_MIN)),
         config_file=file,
     )
 

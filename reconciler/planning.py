@@ -102,9 +102,10 @@ class Planner:
                 log.debug("cohort %s: spec and source unchanged since it converged", spec.id)
                 return prepared
             self._diff(prepared, spec, source, record)
-        except (SourceError, CohortApiError, StateError) as exc:
+        except (SourceError, CohortApiError, StateError, OSError) as exc:  # OSError: a sort, a spill to disk
             prepared.close()
-            plan.status, plan.reason = ERROR, getattr(exc, "message", str(exc))
+            plan.status, plan.reason = ERROR, f"cannot plan: {exc}" if isinstance(exc, OSError) else \
+                getattr(exc, "message", str(exc))
             plan.adds = plan.removes = plan.requests = 0
             return PreparedPlan(plan)
         guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals,
@@ -129,7 +130,8 @@ class Planner:
 
     def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None) -> None:
         """Diff with both cores for a big cohort: a helper reads the state, GNU comm compares."""
-        synced = synced_members(self.state, spec.id, record.synced_count if record else 0)  # starts reading now
+        synced = synced_members(self.state, spec.id, record.synced_count if record else 0,
+                                self.settings.parallel_plan_min)  # starts reading now
         tools = isinstance(synced, ReadAhead) and textdiff.available()
         try:
             with gc_paused():

@@ -1,10 +1,11 @@
 """A big cohort's synced members, read by a helper process so that a plan uses two cores.
 
 Fetching ten million rows through a DBAPI driver costs about three seconds of Python, and the
-GIL keeps a thread from overlapping that with reading the source. So above `min_members()` a
-helper (`python -m reconciler.readahead`) reads the members, checks their order and appends
-them, a block of newline-terminated uids at a time, to an unlinked temporary file; over a pipe
-it tells the parent where each block lies. The parent splits the blocks as the diff asks for them.
+GIL keeps a thread from overlapping that with reading the source. So for a big cohort (the
+`parallel_plan_min` setting) a helper, `python -m reconciler.readahead`, reads the members,
+checks their order and appends them, a block of newline-terminated uids at a time, to an
+unlinked temporary file; over a pipe it tells the parent where each block lies. The parent
+reads the blocks as the diff asks for them.
 
 The uids travel through a file, not the pipe, so the helper never waits for the parent (while
 GNU sort holds the source back, say), and a second pass over the members, after a source turns
@@ -30,10 +31,6 @@ from reconciler.state import StateStore, make_engine, synced_in_order
 
 log = logging.getLogger(__name__)
 
-MIN_MEMBERS = 1_000_000  # below this, starting a process costs more than it saves
-MIN_MEMBERS_ENV = "COHORTSYNC_READ_AHEAD_MIN"
-
-
 class SyncedMembers(Protocol):
     """A cohort's synced members as sorted chunks; iterable more than once; close() when done."""
 
@@ -55,20 +52,11 @@ class InProcess:
         pass
 
 
-def min_members() -> int:
-    """The size from which members are read by a helper; COHORTSYNC_READ_AHEAD_MIN overrides it."""
-    raw = os.environ.get(MIN_MEMBERS_ENV, "").strip()
-    try:
-        return int(raw) if raw else MIN_MEMBERS
-    except ValueError:
-        log.warning("%s=%r is not a number; using %d", MIN_MEMBERS_ENV, raw, MIN_MEMBERS)
-        return MIN_MEMBERS
-
-
-def synced_members(state: StateStore, cohort_id: str, synced_count: int) -> SyncedMembers:
-    """A helper process for a big cohort in a database another process can open; else in process."""
+def synced_members(state: StateStore, cohort_id: str, synced_count: int, min_members: int) -> SyncedMembers:
+    """A helper process from `min_members` (the parallel_plan_min setting), if another process
+    can open the database; else the members are read in this one."""
     url = state.engine.url
-    if synced_count < min_members() or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
+    if synced_count < min_members or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
         return InProcess(state, cohort_id)
     try:
         return ReadAhead(url.render_as_string(hide_password=False), cohort_id)

@@ -107,6 +107,9 @@ class DaemonSettings:
     git_pull: bool = False
 
 
+PARALLEL_PLAN_MIN = 1_000_000  # below this, starting a helper process costs more than it saves
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything an operator configures."""
@@ -119,4 +122,5 @@ class Settings:
     connections: dict[str, Secret] = field(default_factory=dict)  # URLs may hold passwords
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     statement_timeout: float = 300.0  # seconds a source query may run
+    parallel_plan_min: int = PARALLEL_PLAN_MIN  # synced members from which a plan uses a helper process and comm
     config_file: str | None = None

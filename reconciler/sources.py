@@ -121,7 +121,14 @@ class FileSource:
         """
         if self.csv or self.path.name.lower().endswith(".gz") or not gnu_sort_available():
             return None
-        return (self._block(block, 0) for block in gnu_sort_file(str(self.path)))
+        return self._sorted_blocks()
+
+    def _sorted_blocks(self) -> Iterator[list[str]]:
+        try:
+            for block in gnu_sort_file(str(self.path)):
+                yield self._block(block, 0)
+        except OSError as exc:  # the caller sorts it another way
+            raise SourceError(self.cohort_id, f"sorting {self.path.name} failed: {exc}") from exc
 
     def plain_ascii(self) -> bool:
         """Every line of this .txt file is already a uid as it would be read: printable ASCII,

@@ -21,6 +21,7 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     assert s.moengage.rate_limit == RateLimit(300, 60.0) and s.moengage.max_payload_bytes == 128_000
     assert s.state_url == f"sqlite:///{tmp_path}/state/cohortsync.db"
     assert s.daemon.interval == 900 and s.daemon.debounce == 2 and s.prune is False
+    assert s.parallel_plan_min == 1_000_000
 
 
 def test_variables_expand_in_the_config_with_defaults(tmp_path):
@@ -37,11 +38,13 @@ def test_environment_wins_over_the_file(tmp_path):
     cfg = write(tmp_path, "partner: file\nmoengage: {rate_limit: 10/1s}\ndaemon: {listen: '127.0.0.1:1'}\n")
     env = {"COHORTSYNC_PARTNER": "env", "COHORTSYNC_RATE_LIMIT": "20/2s", "COHORTSYNC_LISTEN": "127.0.0.1:2",
            "MOENGAGE_BASE_URL": "http://127.0.0.1:9", "COHORTSYNC_PRUNE": "true",
-           "COHORTSYNC_CONNECTION_SALES": "sqlite:///sales.db", "COHORTSYNC_MAX_PAYLOAD_BYTES": "64000"}
+           "COHORTSYNC_CONNECTION_SALES": "sqlite:///sales.db", "COHORTSYNC_MAX_PAYLOAD_BYTES": "64000",
+           "COHORTSYNC_PARALLEL_PLAN_MIN": "0"}
     s = load_settings(cfg, env=env)
     assert s.partner == "env" and s.moengage.rate_limit == RateLimit(20, 2.0) and s.daemon.listen == "127.0.0.1:2"
     assert s.moengage.url == "http://127.0.0.1:9/v1/integrations/cohortsync" and s.prune is True
     assert s.connections["sales"].reveal().endswith("/sales.db") and s.moengage.max_payload_bytes == 64000
+    assert s.parallel_plan_min == 0
 
 
 @pytest.mark.parametrize("text, env, field", [
@@ -50,6 +53,8 @@ def test_environment_wins_over_the_file(tmp_path):
     ("daemon: {interval: often}\n", {}, "daemon.interval"),
     ("colour: red\n", {}, "colour"),
     ("prune: [1]\n", {}, "prune"),
+    ("parallel_plan_min: -1\n", {}, "parallel_plan_min"),
+    ("", {"COHORTSYNC_PARALLEL_PLAN_MIN": "lots"}, "COHORTSYNC_PARALLEL_PLAN_MIN"),
     ("", {"COHORTSYNC_PRUNE": "perhaps"}, "COHORTSYNC_PRUNE"),
     ("", {"COHORTSYNC_RATE_LIMIT": "lots"}, "moengage.rate_limit"),
     ("a: [\n", {}, None),

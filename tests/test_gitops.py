@@ -198,6 +198,8 @@ def test_systemd_unit():
     service = unit["Service"]
     assert "cohortsync run" in service["ExecStart"] and "-HUP" in service["ExecReload"]
     assert service["KillSignal"] == "SIGTERM" and service["User"] == "cohortsync"
+    assert service["KillMode"] == "mixed"  # helpers are the daemon's to stop, not systemd's
+    assert service["PrivateTmp"] == "true"  # plans spill to the temporary folder
     assert service["EnvironmentFile"].startswith("/etc/cohortsync/")
 
 

@@ -8,7 +8,7 @@ from contextlib import closing
 import pytest
 
 from reconciler.errors import StateError
-from reconciler.readahead import MIN_MEMBERS, MIN_MEMBERS_ENV, InProcess, ReadAhead, min_members, synced_members
+from reconciler.readahead import InProcess, ReadAhead, synced_members
 from reconciler.state import READ_ROWS, StateStore, members
 
 UIDS = sorted({f"u{i:07d}" for i in range(0, 2 * READ_ROWS + 123, 1)} | {"é", "中", "😀", "a b"})
@@ -38,9 +38,8 @@ def test_the_helper_reads_what_the_database_holds_in_several_blocks(state):
     assert reader._proc.returncode is not None
 
 
-def test_big_cohorts_go_to_a_helper_and_small_ones_stay(state, monkeypatch):
-    monkeypatch.setenv(MIN_MEMBERS_ENV, str(len(UIDS)))
-    big, small = synced_members(state, "big", len(UIDS)), synced_members(state, "big", len(UIDS) - 1)
+def test_big_cohorts_go_to_a_helper_and_small_ones_stay(state):
+    big, small = synced_members(state, "big", len(UIDS), len(UIDS)), synced_members(state, "big", len(UIDS) - 1, len(UIDS))
     try:
         assert isinstance(big, ReadAhead) and isinstance(small, InProcess)
         assert flat(big) == flat(small) == UIDS
@@ -49,20 +48,10 @@ def test_big_cohorts_go_to_a_helper_and_small_ones_stay(state, monkeypatch):
         small.close()
 
 
-def test_the_size_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv(MIN_MEMBERS_ENV, raising=False)
-    assert min_members() == MIN_MEMBERS
-    monkeypatch.setenv(MIN_MEMBERS_ENV, "0")
-    assert min_members() == 0
-    monkeypatch.setenv(MIN_MEMBERS_ENV, "lots")
-    assert min_members() == MIN_MEMBERS
-
-
-def test_an_in_memory_database_is_read_in_process(monkeypatch):
-    monkeypatch.setenv(MIN_MEMBERS_ENV, "0")
+def test_an_in_memory_database_is_read_in_process():
     store = StateStore.open("sqlite://")
     store.commit_batch("c", ".C", None, "add_members", ["b", "a"])
-    reader = synced_members(store, "c", 2)
+    reader = synced_members(store, "c", 2, 0)
     assert isinstance(reader, InProcess) and flat(reader) == ["a", "b"]
     store.close()
 
@@ -114,3 +103,11 @@ def test_closing_early_stops_the_helper(state):
         time.sleep(0.05)
     else:
         pytest.fail("the helper outlived close()")
+
+
+def test_the_state_url_reaches_the_helper_on_stdin_not_in_its_command_line(tmp_path):
+    """A PostgreSQL URL can hold a password; a command line is visible to every user of the host."""
+    url = f"sqlite:///{tmp_path / 'state.db'}?secret=hunter2"
+    with closing(ReadAhead(url, "c")) as reader:
+        argv = " ".join(map(str, reader._proc.args))  # what was exec'd
+        assert "reconciler.readahead" in argv and "hunter2" not in argv

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from reconciler import textdiff
 from reconciler.diffs import Tally
 from reconciler.errors import StateError
-from reconciler.readahead import MIN_MEMBERS_ENV, ReadAhead
+from reconciler.readahead import ReadAhead
 from reconciler.sources import FileSource
 from reconciler.specs import CohortSpec, SourceSpec
 from tests.conftest import API_KEY, WORKSPACE
@@ -144,7 +145,7 @@ def plan_json(repo: Repo, capsys, log: list[str] | None = None) -> dict:
 
 def plan_with_tools(repo: Repo, capsys, monkeypatch) -> tuple[dict, list]:
     """The plan with every cohort big enough for the helper and the GNU tools; what comm was given."""
-    monkeypatch.setenv(MIN_MEMBERS_ENV, "1")
+    monkeypatch.setenv("COHORTSYNC_PARALLEL_PLAN_MIN", "1")  # every cohort counts as big
     calls: list = []
     real = textdiff.comm_diff
     monkeypatch.setattr(textdiff, "comm_diff", lambda desired, *a: calls.append(desired) or real(desired, *a))
@@ -206,7 +207,7 @@ def test_a_tool_failure_falls_back_to_the_python_merge(repo, emulator, capsys, m
     repo.file_cohort("big", USERS[:1500])
     assert repo.run(capsys, "apply")[0] == 0
     repo.uids("big", USERS[10:1510])
-    monkeypatch.setenv(MIN_MEMBERS_ENV, "1")
+    monkeypatch.setenv("COHORTSYNC_PARALLEL_PLAN_MIN", "1")  # every cohort counts as big
 
     def broken(*args, **kwargs):
         yield ["phantom"], []
@@ -224,7 +225,7 @@ def test_the_state_failing_midway_fails_the_cohort_and_sends_nothing(repo, emula
     repo.file_cohort("big", USERS[:1500])
     assert repo.run(capsys, "apply")[0] == 0
     repo.uids("big", USERS[10:1510])
-    monkeypatch.setenv(MIN_MEMBERS_ENV, "1")
+    monkeypatch.setenv("COHORTSYNC_PARALLEL_PLAN_MIN", "1")  # every cohort counts as big
 
     def failing(self):
         yield b"u00000\n"  # the rest never comes: comm alone would call them all adds
@@ -235,3 +236,28 @@ def test_the_state_failing_midway_fails_the_cohort_and_sends_nothing(repo, emula
     code, out, err = repo.run(capsys, "apply")
     assert code == 1 and "the server went away" in out + err
     assert len(emulator.requests()) == before and emulator.members("big") == USERS[:1500]
+
+
+def test_a_broken_sort_fails_only_its_cohort_and_removes_nothing(repo, emulator, capsys, monkeypatch, tmp_path):
+    """With a `sort` that fails, the GNU path falls back to Python, whose sorts fail too: the
+    cohort is an error with the reason, nothing is sent, and an ordered cohort goes on."""
+    repo.file_cohort("messy", USERS[:1500])
+    repo.file_cohort("tidy", USERS[:10])
+    assert repo.run(capsys, "apply")[0] == 0
+    shuffled = USERS[5:1505]
+    random.Random(9).shuffle(shuffled)
+    repo.uids("messy", shuffled)
+    repo.uids("tidy", USERS[:11])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sort").write_text('#!/bin/sh\n[ "$1" = --version ] && echo "sort (GNU coreutils) 9.1" && exit 0\n'
+                                  'echo "sort: cannot create temporary file: No space left on device" >&2\nexit 2\n')
+    (bin_dir / "sort").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("COHORTSYNC_PARALLEL_PLAN_MIN", "1")
+    before = len(emulator.requests())
+    code, out, err = repo.run(capsys, "apply")
+    assert code == 1 and "Traceback" not in err
+    assert "messy" in out and "sort exited with status 2" in out
+    assert emulator.members("messy") == USERS[:1500] and emulator.members("tidy") == USERS[:11]
+    assert [r["cohort_id"] for r in emulator.requests()[before:]] == ["tidy"]
