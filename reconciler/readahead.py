@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -30,6 +30,7 @@ from reconciler.errors import StateError
 from reconciler.state import StateStore, make_engine, synced_in_order
 
 log = logging.getLogger(__name__)
+
 
 class SyncedMembers(Protocol):
     """A cohort's synced members as sorted chunks; iterable more than once; close() when done."""
@@ -73,18 +74,22 @@ class ReadAhead:
         self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-members-")
         package_root = str(Path(__file__).resolve().parent.parent)
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        read_messages, write_messages = os.pipe()  # a channel of its own: a stray print cannot garble it
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "reconciler.readahead"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                pass_fds=(self._file.fileno(),), env={**os.environ, "PYTHONPATH": path})
+                [sys.executable, "-m", "reconciler.readahead"], stdin=subprocess.PIPE, stdout=2,
+                pass_fds=(self._file.fileno(), write_messages), env={**os.environ, "PYTHONPATH": path})
         except OSError:
+            os.close(read_messages)
             self._file.close()
             raise
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._messages = self._proc.stdout
-        job = {"url": url, "cohort_id": cohort_id, "fd": self._file.fileno()}  # on stdin: no secret in argv
+        finally:
+            os.close(write_messages)
+        assert self._proc.stdin is not None
+        self._messages = os.fdopen(read_messages, "rb")
+        job = {"url": url, "cohort_id": cohort_id, "fd": self._file.fileno(), "channel": write_messages}
         try:
-            self._proc.stdin.write(json.dumps(job).encode())
+            self._proc.stdin.write(json.dumps(job).encode())  # on stdin: no secret on a command line
             self._proc.stdin.close()
         except OSError:
             pass  # the helper died at once; its exit status is reported on the first read
@@ -125,25 +130,31 @@ class ReadAhead:
             yield data, count
 
     def _receive(self) -> None:
-        """Take the helper's next message: a block's place, the end, or its error."""
+        """Take the helper's next message; raise the error it stands for, if any (and ever after)."""
+        if self._error is None:
+            self._error = self._take(self._messages.readline().decode("utf-8", "replace").rstrip("\n"))
         if self._error is not None:
             raise self._error
-        line = self._messages.readline().decode("utf-8", "replace").rstrip("\n")
+
+    def _take(self, line: str) -> StateError | None:
+        """Record one message: a block's place, the end, or the helper's error; None when all is well."""
         kind, _, rest = line.partition(" ")
-        if kind == "block":
-            offset, length, count = (int(v) for v in rest.split())
-            self._blocks.append((offset, length, count))
-            return
-        if kind == "done":
-            self._done = True
-            return
-        if kind == "error":
-            self._error = StateError(json.loads(rest))
-        else:
-            status = self._proc.wait()
-            self._error = StateError(f"the process reading members of {self.cohort_id} stopped "
-                                     f"(exit status {status}) before it finished")
-        raise self._error
+        try:
+            if kind == "block":
+                offset, length, count = map(int, rest.split())
+                self._blocks.append((offset, length, count))
+                return None
+            if kind == "done":
+                self._done = True
+                return None
+            if kind == "error":
+                return StateError(str(json.loads(rest)))
+        except ValueError:
+            pass
+        if line:
+            return StateError(f"the process reading members of {self.cohort_id} sent {line[:80]!r}")
+        return StateError(f"the process reading members of {self.cohort_id} stopped "
+                          f"(exit status {self._proc.wait()}) before it finished")
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -153,7 +164,7 @@ class ReadAhead:
         self._file.close()
 
 
-def _serve(job: dict) -> None:
+def _serve(job: dict, say: Callable[[str], None]) -> None:
     """The helper's side: members in order, each block written to the file, then announced."""
     out = os.fdopen(job["fd"], "wb")
     offset = 0
@@ -163,23 +174,25 @@ def _serve(job: dict) -> None:
             data = "\n".join(chunk).encode("utf-8") + b"\n"
             out.write(data)
             out.flush()  # on disk (in the page cache) before the parent hears of it
-            _say(f"block {offset} {len(data)} {len(chunk)}")
+            say(f"block {offset} {len(data)} {len(chunk)}")
             offset += len(data)
     except StateError as exc:
-        _say(f"error {json.dumps(exc.args[0] if exc.args else str(exc))}")
+        say(f"error {json.dumps(exc.args[0] if exc.args else str(exc))}")
         return
-    _say("done")
-
-
-def _say(message: str) -> None:
-    sys.stdout.write(message + "\n")
-    sys.stdout.flush()  # the parent may be waiting for this very block
+    say("done")
 
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    job = json.loads(sys.stdin.read())
+    channel = os.fdopen(job["channel"], "w")
+
+    def say(message: str) -> None:
+        channel.write(message + "\n")
+        channel.flush()  # the parent may be waiting for this very block
+
     try:
-        _serve(json.loads(sys.stdin.read()))
+        _serve(job, say)
     except BrokenPipeError:  # the parent is gone or no longer wants the members
         return 1
     return 0

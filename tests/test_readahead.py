@@ -111,3 +111,17 @@ def test_the_state_url_reaches_the_helper_on_stdin_not_in_its_command_line(tmp_p
     with closing(ReadAhead(url, "c")) as reader:
         argv = " ".join(map(str, reader._proc.args))  # what was exec'd
         assert "reconciler.readahead" in argv and "hunter2" not in argv
+
+
+def test_a_stray_print_in_the_helper_does_not_garble_its_messages(state, tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text("print('block 0 999 1')  # a noisy library at start-up\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
+        assert flat(reader) == UIDS
+
+
+def test_a_message_the_parent_cannot_read_is_a_state_error(state):
+    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
+        assert reader._take("block 0 12") is not None
+        error = reader._take("Segmentation fault")
+        assert isinstance(error, StateError) and "sent 'Segmentation fault'" in str(error)
