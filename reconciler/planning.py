@@ -133,6 +133,8 @@ class Planner:
         synced = synced_members(self.state, spec.id, record.synced_count if record else 0,
                                 self.settings.parallel_plan_min)  # starts reading now
         tools = isinstance(synced, ReadAhead) and textdiff.available()
+        log.debug("cohort %s: synced members read %s; diffed by %s", spec.id,
+                  "by a helper process" if isinstance(synced, ReadAhead) else "here", "comm" if tools else "Python")
         try:
             with gc_paused():
                 try:

@@ -261,3 +261,34 @@ def test_a_broken_sort_fails_only_its_cohort_and_removes_nothing(repo, emulator,
     assert "messy" in out and "sort exited with status 2" in out
     assert emulator.members("messy") == USERS[:1500] and emulator.members("tidy") == USERS[:11]
     assert [r["cohort_id"] for r in emulator.requests()[before:]] == ["tidy"]
+
+
+@pytest.mark.parametrize("planned_with_tools", [True, False])
+def test_a_saved_plan_of_a_big_sql_cohort_applies_and_sees_changes(tmp_path, emulator, capsys, monkeypatch,
+                                                                     planned_with_tools):
+    """The desired set's digest is the same whichever path made it, so a saved plan made by one
+    path is applied by the other; a changed query result is still refused."""
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    url, engine = warehouse(tmp_path / "wh.db", USERS[:1200])
+    repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
+    repo.spec("sql.yaml", "id: sql\nname: .Sql\nsource: {connection: wh, sql: 'SELECT uid FROM t ORDER BY uid'}\n")
+    assert repo.run(capsys, "apply")[0] == 0
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM t WHERE uid < 'u00010'")
+    plan = str(tmp_path / "plan.json")
+    monkeypatch.setenv("COHORTSYNC_PARALLEL_PLAN_MIN", "1" if planned_with_tools else "1000000")
+    assert repo.run(capsys, "plan", "--out", plan)[0] == 0
+    monkeypatch.setenv("COHORTSYNC_PARALLEL_PLAN_MIN", "1000000" if planned_with_tools else "1")
+    code, out, err = repo.run(capsys, "apply", "--plan", plan)
+    assert code == 0, out + err
+    assert emulator.members("sql") == USERS[10:1200]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM t WHERE uid < 'u00020'")
+    assert repo.run(capsys, "plan", "--out", plan)[0] == 0
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE t SET uid = 'x' WHERE uid = 'u00500'")  # same count, another member
+    engine.dispose()
+    before = len(emulator.requests())
+    code, _, err = repo.run(capsys, "apply", "--plan", plan)
+    assert code == 1 and "cohort sql:" in err and len(emulator.requests()) == before
