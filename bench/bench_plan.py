@@ -113,7 +113,7 @@ def main() -> int:
                                                    f"  ({ratio:.0%} of the baseline's time)"))
         verdicts.append((f"{label}: time <= 50% of baseline ({ratio:.0%})", ratio <= 0.5))
         verdicts.append((f"{label}: peak memory <= 150 MB ({run.peak_rss_mb:.0f} MB)", run.peak_rss_mb <= 150))
-    report(f"bench_plan --size {args.size:,}", rows, verdicts)
+    report(f"bench_plan --size {args.size:,}", rows, verdicts, size=args.size, target=10_000_000)
     return 0
 
 

@@ -133,11 +133,16 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
 
 
-def report(title: str, rows: list[tuple[str, str]], verdicts: list[tuple[str, bool]]) -> bool:
+def report(title: str, rows: list[tuple[str, str]], verdicts: list[tuple[str, bool]], *, size: int,
+           target: int) -> bool:
+    """Print the figures and the verdicts; below the target's size, say the verdicts are only indicative."""
     print(f"\n{title}\n  machine: {machine()}")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+    if size < target:
+        print(f"  (the targets are set for --size {target:,}; at this size fixed costs such as start-up weigh "
+              "more, so a MISS below says little)")
     for text, ok in verdicts:
         print(f"  [{'PASS' if ok else 'MISS'}] {text}")
     return all(ok for _, ok in verdicts)
