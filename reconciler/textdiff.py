@@ -59,40 +59,7 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
     normally only if every tool and both sides finished cleanly; else it raises ToolFailed, or
     the exception a side raised (an OutOfOrder, a SourceError, a StateError).
     """
-    env = {**os.environ, **C_LOCALE}
-    path = desired if isinstance(desired, str) else None
-    procs: list[subprocess.Popen] = []
-    feeds: list[tuple[Iterable[bytes], int]] = []
-    read_synced, write_synced = os.pipe()
-    try:
-        if path is None:
-            read_desired, write_desired = os.pipe()
-            feeds.append((_counted(desired, tally, "desired"), write_desired))
-            first = f"/dev/fd/{read_desired}"
-        elif strictly_sorted(path):
-            first = path
-        else:
-            procs.append(subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir(),
-                                           "--", path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, env=env))
-            first = "-"
-        feeds.append((_counted(synced, tally, "synced"), write_synced))
-        inherited = (read_synced,) if path is not None else (read_desired, read_synced)
-        procs.append(subprocess.Popen(["comm", "-3", "--check-order", "--", first, f"/dev/fd/{read_synced}"],
-                                      stdin=procs[0].stdout if procs else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, pass_fds=inherited, env=env))
-    except BaseException:
-        for _, fd in feeds:
-            os.close(fd)
-        _stop(procs)
-        raise
-    finally:
-        os.close(read_synced)
-        if path is None:
-            os.close(read_desired)
-        if len(procs) == 2:
-            procs[0].stdout.close()  # type: ignore[union-attr]  # comm reads it now
-    comm = procs[-1]
+    procs, feeds = _start(desired, synced, tally, memory)
     failures: list[BaseException] = []
     feeders = [threading.Thread(target=_feed, args=(blocks, fd, failures), name="comm-feeder", daemon=True)
                for blocks, fd in feeds]
@@ -101,7 +68,7 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
     adds = removes = 0
     try:
         try:
-            for block in output_blocks(comm):
+            for block in output_blocks(procs[-1]):
                 pair = _split(block.decode("utf-8"))
                 adds, removes = adds + len(pair[0]), removes + len(pair[1])
                 yield pair
@@ -111,14 +78,56 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
             feeder.join()  # comm read each side to its end, or stopped and broke the pipe
         if failures:
             raise failures[0]
-        for proc in procs:
-            if proc.wait() != 0:
-                message = proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else ""
-                raise ToolFailed(f"{proc.args[0]} exited with status {proc.returncode}: {message or 'no message'}")
-        if path is not None:  # the file was never read here: its size follows from the rest
+        _check(procs)
+        if isinstance(desired, str):  # the file was never read here: its size follows from the rest
             tally.desired = tally.synced + adds - removes
     finally:
         _stop(procs)
+
+
+def _start(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally,
+           memory: str) -> tuple[list[subprocess.Popen], list[tuple[Iterator[bytes], int]]]:
+    """Start sort (for an unsorted file) and comm; return them and the sides still to be written
+    into comm, each with the pipe it goes into."""
+    env = {**os.environ, **C_LOCALE}
+    procs: list[subprocess.Popen] = []
+    read_synced, write_synced = os.pipe()
+    feeds = [(_counted(synced, tally, "synced"), write_synced)]
+    inherited = [read_synced]
+    try:
+        if not isinstance(desired, str):
+            read_desired, write_desired = os.pipe()
+            inherited.append(read_desired)
+            feeds.append((_counted(desired, tally, "desired"), write_desired))
+            first = f"/dev/fd/{read_desired}"
+        elif strictly_sorted(desired):
+            first = desired
+        else:
+            procs.append(subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir(),
+                                           "--", desired], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, env=env))
+            first = "-"
+        procs.append(subprocess.Popen(["comm", "-3", "--check-order", "--", first, f"/dev/fd/{read_synced}"],
+                                      stdin=procs[0].stdout if procs else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, pass_fds=inherited, env=env))
+    except BaseException:
+        for _, fd in feeds:
+            os.close(fd)
+        _stop(procs)
+        raise
+    finally:
+        for fd in inherited:
+            os.close(fd)  # comm has its own copies
+        if len(procs) == 2:
+            procs[0].stdout.close()  # type: ignore[union-attr]  # comm reads it now
+    return procs, feeds
+
+
+def _check(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.wait() != 0:
+            message = proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else ""
+            raise ToolFailed(f"{proc.args[0]} exited with status {proc.returncode}: {message or 'no message'}")
 
 
 def _counted(blocks: Iterable[bytes], tally: Tally, side: str) -> Iterator[bytes]:

@@ -1,4 +1,4 @@
-"""Synced members read by a helper process: the same uids, in the same order, and every failure a StateError."""
+"""Synced members, read here or by a helper process: the same uids, in the same order, every failure a StateError."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import pytest
 
 from reconciler.errors import StateError
 from reconciler.readahead import InProcess, ReadAhead, synced_members
-from reconciler.state import READ_ROWS, StateStore, members
+from reconciler.state import READ_ROWS, StateStore, make_engine, members
 
 UIDS = sorted({f"u{i:07d}" for i in range(0, 2 * READ_ROWS + 123, 1)} | {"é", "中", "😀", "a b"})
 
@@ -26,17 +26,66 @@ def flat(chunks) -> list[str]:
     return [uid for chunk in chunks for uid in chunk]
 
 
-def test_the_helper_reads_what_the_database_holds_in_several_blocks(state):
-    reader = ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")
-    try:
-        chunks = list(reader)
-        assert len(chunks) >= 3
-        assert flat(chunks) == UIDS
-        assert flat(reader) == UIDS  # a second pass reads the helper's file again
-    finally:
-        reader.close()
-    assert reader._proc.returncode is not None
+def url_of(state: StateStore) -> str:
+    return state.engine.url.render_as_string(hide_password=False)
 
+
+# --- the SyncedMembers contract: both implementations, on SQLite and on PostgreSQL ---------------------
+
+@pytest.fixture(params=["in process", "helper process"])
+def open_members(request):
+    """Make a SyncedMembers of either kind; closed at the end of the test."""
+    made = []
+
+    def open_(state: StateStore, cohort_id: str):
+        reader = InProcess(state, cohort_id) if request.param == "in process" else ReadAhead(url_of(state), cohort_id)
+        made.append(reader)
+        return reader
+
+    yield open_
+    for reader in made:
+        reader.close()
+
+
+def test_members_come_in_order_in_several_chunks_pass_after_pass(state, open_members):
+    reader = open_members(state, "big")
+    chunks = list(reader)
+    assert len(chunks) >= 3 and flat(chunks) == UIDS
+    assert flat(reader) == UIDS  # a second pass (after a source turned out unsorted) sees the same
+
+
+def test_an_unknown_cohort_has_no_members(state, open_members):
+    assert flat(open_members(state, "nobody")) == []
+
+
+def test_a_database_error_is_a_state_error_every_time(state, open_members):
+    with state.engine.begin() as conn:
+        conn.execute(members.delete())
+        conn.exec_driver_sql("DROP TABLE cs_members")
+    reader = open_members(state, "big")
+    for _ in range(2):
+        with pytest.raises(StateError, match="cannot read members of big"):
+            list(reader)
+
+
+def test_members_out_of_order_are_a_state_error(tmp_path, open_members):
+    """A uid column without a binary collation would break the merge; either reader says so."""
+    import sqlite3
+    path = tmp_path / "state.db"
+    StateStore.open(f"sqlite:///{path}").close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE cs_members")
+    db.execute("CREATE TABLE cs_members (cohort_id TEXT, uid TEXT COLLATE NOCASE, PRIMARY KEY (cohort_id, uid))")
+    db.executemany("INSERT INTO cs_members VALUES ('c', ?)", [("a",), ("B",), ("c",)])
+    db.commit()
+    db.close()
+    state = StateStore(make_engine(f"sqlite:///{path}"))
+    with pytest.raises(StateError, match="code-point order"):
+        list(open_members(state, "c"))
+    state.close()
+
+
+# --- choosing, and the helper process itself ------------------------------------------------------------
 
 def test_big_cohorts_go_to_a_helper_and_small_ones_stay(state):
     big, small = synced_members(state, "big", len(UIDS), len(UIDS)), synced_members(state, "big", len(UIDS) - 1, len(UIDS))
@@ -56,41 +105,21 @@ def test_an_in_memory_database_is_read_in_process():
     store.close()
 
 
-def test_a_database_error_in_the_helper_is_a_state_error(state):
-    with state.engine.begin() as conn:
-        conn.execute(members.delete())
-        conn.exec_driver_sql("DROP TABLE cs_members")
-    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
-        with pytest.raises(StateError, match="cannot read members of big"):
-            list(reader)
-        with pytest.raises(StateError, match="cannot read members of big"):
-            list(reader)  # the error stays
-
-
-def test_members_out_of_order_are_reported_by_the_helper(tmp_path):
-    """A uid column without a binary collation would break the merge; the helper says so."""
-    import sqlite3
-    path = tmp_path / "state.db"
-    StateStore.open(f"sqlite:///{path}").close()
-    db = sqlite3.connect(path)
-    db.execute("DROP TABLE cs_members")
-    db.execute("CREATE TABLE cs_members (cohort_id TEXT, uid TEXT COLLATE NOCASE, PRIMARY KEY (cohort_id, uid))")
-    db.executemany("INSERT INTO cs_members VALUES ('c', ?)", [("a",), ("B",), ("c",)])
-    db.commit()
-    db.close()
-    with closing(ReadAhead(f"sqlite:///{path}", "c")) as reader, pytest.raises(StateError, match="code-point order"):
-        list(reader)
+def test_the_helper_counts_what_it_sent(state):
+    with closing(ReadAhead(url_of(state), "big")) as reader:
+        assert b"".join(reader.text_blocks()) == "".join(u + "\n" for u in UIDS).encode()
+        assert reader.count == len(UIDS)
 
 
 def test_a_helper_that_dies_is_a_state_error(state):
-    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
+    with closing(ReadAhead(url_of(state), "big")) as reader:
         reader._proc.kill()
         with pytest.raises(StateError, match="stopped"):
             list(reader)
 
 
 def test_closing_early_stops_the_helper(state):
-    reader = ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")
+    reader = ReadAhead(url_of(state), "big")
     next(iter(reader))
     reader.close()
     assert reader._proc.returncode is not None
@@ -116,12 +145,12 @@ def test_the_state_url_reaches_the_helper_on_stdin_not_in_its_command_line(tmp_p
 def test_a_stray_print_in_the_helper_does_not_garble_its_messages(state, tmp_path, monkeypatch):
     (tmp_path / "sitecustomize.py").write_text("print('block 0 999 1')  # a noisy library at start-up\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
+    with closing(ReadAhead(url_of(state), "big")) as reader:
         assert flat(reader) == UIDS
 
 
 def test_a_message_the_parent_cannot_read_is_a_state_error(state):
-    with closing(ReadAhead(state.engine.url.render_as_string(hide_password=False), "big")) as reader:
+    with closing(ReadAhead(url_of(state), "big")) as reader:
         assert reader._take("block 0 12") is not None
         error = reader._take("Segmentation fault")
         assert isinstance(error, StateError) and "sent 'Segmentation fault'" in str(error)

@@ -1,0 +1,26 @@
+"""The documents stay true: every test RELIABILITY.md names as proof exists."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def named_tests(text: str) -> list[tuple[str, str]]:
+    """(file, test) for each `tests/x.py::name` and each following `::name`, which means the same file."""
+    found, current = [], None
+    for ref in re.findall(r"`((?:tests/[\w/]+\.py)?::\w+)(?:\[[^\]]*\])?`", text):
+        path, _, name = ref.partition("::")
+        current = path or current
+        assert current, f"{ref} names no file and follows none"
+        found.append((current, name))
+    return found
+
+
+def test_every_proof_in_reliability_md_exists():
+    proofs = named_tests((ROOT / "RELIABILITY.md").read_text())
+    assert len(proofs) > 40
+    missing = [f"{path}::{name}" for path, name in proofs
+               if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.MULTILINE)]
+    assert missing == []
