@@ -130,12 +130,13 @@ class Planner:
 
     def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None) -> None:
         """Diff with both cores for a big cohort: a helper reads the state, GNU comm compares."""
-        synced = synced_members(self.state, spec.id, record.synced_count if record else 0,
-                                self.settings.parallel_plan_min)  # starts reading now
-        tools = isinstance(synced, ReadAhead) and textdiff.available()
-        log.debug("cohort %s: synced members read %s; diffed by %s", spec.id,
-                  "by a helper process" if isinstance(synced, ReadAhead) else "here", "comm" if tools else "Python")
-        try:
+        synced: SyncedMembers | None = None
+        try:  # from before the helper starts, so that even Ctrl-C on the next line stops it
+            synced = synced_members(self.state, spec.id, record.synced_count if record else 0,
+                                    self.settings.parallel_plan_min)  # it starts reading now
+            tools = isinstance(synced, ReadAhead) and textdiff.available()
+            log.debug("cohort %s: synced members read %s; diffed by %s", spec.id,
+                      "by a helper process" if isinstance(synced, ReadAhead) else "here", "comm" if tools else "Python")
             with gc_paused():
                 try:
                     self._diff_in_order(prepared, spec, source, synced, tools)
@@ -144,7 +145,8 @@ class Planner:
                     prepared.close()
                     self._diff_in_order(prepared, spec, source, synced, tools=False)
         finally:
-            synced.close()
+            if synced is not None:
+                synced.close()
 
     def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, synced: SyncedMembers,
                        tools: bool) -> None:

@@ -85,14 +85,20 @@ class ReadAhead:
             raise
         finally:
             os.close(write_messages)
-        assert self._proc.stdin is not None
-        self._messages = os.fdopen(read_messages, "rb")
-        job = {"url": url, "cohort_id": cohort_id, "fd": self._file.fileno(), "channel": write_messages}
-        try:
-            self._proc.stdin.write(json.dumps(job).encode())  # on stdin: no secret on a command line
-            self._proc.stdin.close()
-        except OSError:
-            pass  # the helper died at once; its exit status is reported on the first read
+        try:  # from here on the helper runs: whatever goes wrong (Ctrl-C included) must stop it
+            assert self._proc.stdin is not None
+            self._messages = os.fdopen(read_messages, "rb")
+            job = {"url": url, "cohort_id": cohort_id, "fd": self._file.fileno(), "channel": write_messages}
+            try:
+                self._proc.stdin.write(json.dumps(job).encode())  # on stdin: no secret on a command line
+                self._proc.stdin.close()
+            except OSError:
+                pass  # the helper died at once; its exit status is reported on the first read
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            self._file.close()
+            raise
         self._blocks: list[tuple[int, int, int]] = []  # (offset, length, count) of each block so far
         self._done = False
         self._error: StateError | None = None

@@ -61,12 +61,12 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
     """
     procs, feeds = _start(desired, synced, tally, memory)
     failures: list[BaseException] = []
-    feeders = [threading.Thread(target=_feed, args=(blocks, fd, failures), name="comm-feeder", daemon=True)
-               for blocks, fd in feeds]
-    for feeder in feeders:
-        feeder.start()
     adds = removes = 0
+    feeders: list[threading.Thread] = []
     try:
+        for blocks, fd in feeds:
+            feeders.append(threading.Thread(target=_feed, args=(blocks, fd, failures), name="comm-feeder", daemon=True))
+            feeders[-1].start()  # it closes its pipe when done
         try:
             for block in output_blocks(procs[-1]):
                 pair = _split(block.decode("utf-8"))
@@ -82,6 +82,8 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
         if isinstance(desired, str):  # the file was never read here: its size follows from the rest
             tally.desired = tally.synced + adds - removes
     finally:
+        for _, fd in feeds[len(feeders):]:
+            os.close(fd)  # no feeder came to own it
         _stop(procs)
 
 

@@ -61,6 +61,20 @@ def test_converges_on_start_then_follows_a_file_edit(tmp_path, emulator, daemons
     assert daemon.stop() == 0
 
 
+def test_big_cohorts_are_planned_with_the_helper_and_comm_in_the_daemon(tmp_path, emulator, daemons):
+    """With every synced cohort counted as big, the worker thread runs the state reader and GNU
+    comm (or the Python merge without them); the daemon converges and stops cleanly."""
+    repo = Repo(tmp_path, base_url=emulator.url)
+    repo.file_cohort("beta", USERS[:300])
+    daemon = daemons(repo, COHORTSYNC_PARALLEL_PLAN_MIN="1")
+    eventually(lambda: emulator.members("beta") == USERS[:300])
+    wanted = USERS[100:400]
+    repo.uids("beta", wanted[::-1] + wanted[:50])  # unsorted, with duplicates
+    eventually(lambda: emulator.members("beta") == wanted)
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.logs()
+
+
 def test_a_burst_of_writes_makes_one_reconcile(tmp_path, emulator, daemons, capsys):
     repo = Repo(tmp_path, base_url=emulator.url)
     repo.file_cohort("beta", USERS[:10])

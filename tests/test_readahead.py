@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,50 @@ def test_a_message_the_parent_cannot_read_is_a_state_error(state):
         assert reader._take("block 0 12") is not None
         error = reader._take("Segmentation fault")
         assert isinstance(error, StateError) and "sent 'Segmentation fault'" in str(error)
+
+
+def test_ctrl_c_during_a_big_plan_leaves_no_helper_behind(tmp_path):
+    """The helper ignores SIGINT (Ctrl-C reaches the whole terminal's process group); the plan
+    it works for stops it on the way out. The helper is frozen first, so it cannot end by itself."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    uids = [f"u{i:09d}" for i in range(300_000)]
+    StateStore.open(f"sqlite:///{tmp_path / 'state.db'}").close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executemany("INSERT INTO cs_members VALUES ('big', ?)", ((u,) for u in uids))
+    db.execute("INSERT INTO cs_cohorts (id, name, synced_count, converged) VALUES ('big', '.Big', ?, 0)", (len(uids),))
+    db.commit()
+    db.close()
+    (tmp_path / "cohorts").mkdir()
+    (tmp_path / "cohorts" / "big.txt").write_text("".join(u + "\n" for u in reversed(uids)))
+    (tmp_path / "cohorts" / "big.yaml").write_text("id: big\nname: .Big\nsource: {file: big.txt}\n")
+    (tmp_path / "cohortsync.yaml").write_text(f"state_url: sqlite:///{tmp_path / 'state.db'}\nparallel_plan_min: 1\n")
+    plan = subprocess.Popen([sys.executable, "-m", "reconciler", "plan", "--config", str(tmp_path / "cohortsync.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    helper = None
+    deadline = time.monotonic() + 20
+    while helper is None and plan.poll() is None and time.monotonic() < deadline:
+        for pid in Path(f"/proc/{plan.pid}/task/{plan.pid}/children").read_text().split():
+            if b"reconciler.readahead" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                helper = int(pid)
+        time.sleep(0.005)
+    assert helper is not None, "the plan never started a helper"
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        plan.send_signal(signal.SIGINT)
+        assert plan.wait(timeout=20) == 130
+        for _ in range(100):
+            try:
+                os.kill(helper, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        pytest.fail("the helper outlived the interrupted plan")
+    finally:
+        try:
+            os.kill(helper, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
