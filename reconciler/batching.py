@@ -7,13 +7,20 @@ batches, so every batch but the last of an action is full to within one member.
 from __future__ import annotations
 
 import json
+import re
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate, islice, repeat
+from operator import add
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
 from reconciler.errors import CohortApiError
 
 ACTIONS = ("add_members", "remove_members")
+CHUNK = 20_000  # uids packed at once
+_MEMBER_OVERHEAD = len(b'{"uid":""}')  # bytes around an unescaped uid
+_ESCAPED = re.compile(r'[\x00-\x1f\\"]')  # what JSON escapes in a string (encode_basestring's set)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,12 @@ class Batch:
 
 
 class Packer:
-    """Greedy packing, one uid at a time: `add` hands back a batch each time one is full."""
+    """Greedy packing in stream order: `add` or `add_all` hand back each batch once it is full.
+
+    The open batch is kept as comma-joined segments of member bytes: a single member from `add`,
+    or a whole run from `add_all`, whose uids need no JSON escaping, so that their sizes come
+    from `len` and their bytes from one join, with no Python work per uid.
+    """
 
     def __init__(self, envelope: Envelope, max_bytes: int) -> None:
         self.envelope, self.max_bytes = envelope, max_bytes
@@ -79,38 +91,65 @@ class Packer:
                 f"cohort {envelope.cohort_id}: the request envelope alone is "
                 f"{len(self._head) + len(self._tail)} bytes, over max_payload_bytes={max_bytes}"
             )
-        self._parts: list[bytes] = []
+        self._segments: list[bytes] = []
         self._uids: list[str] = []
-        self._used = 0
-        self.batches = 0  # batches handed out so far, by add and finish
+        self._used = 0  # bytes of the open batch's members, commas included
+        self.batches = 0  # batches handed out so far, by add, add_all and finish
 
     def add(self, uid: str) -> Batch | None:
         part = _member(self.envelope, uid)
-        full = self._close() if self._parts and self._used + 1 + len(part) > self._budget else None
-        size = len(part) + (1 if self._parts else 0)
-        if size > self._budget:
-            raise CohortApiError(
-                f"cohort {self.envelope.cohort_id}: uid {uid[:40]!r} is {len(part)} bytes as JSON and cannot "
-                f"fit in a {self.max_bytes}-byte request; shorten it or raise moengage.max_payload_bytes"
-            )
-        self._parts.append(part)
-        self._uids.append(uid)
-        self._used += size
+        full = self._close() if self._uids and self._used + 1 + len(part) > self._budget else None
+        if len(part) > self._budget:
+            raise self._too_big(uid, len(part))
+        self._append(part, [uid])
+        return full
+
+    def add_all(self, uids: list[str]) -> list[Batch]:
+        """`add` of each uid in turn, with the same batches; fast when no uid needs escaping."""
+        joined = "".join(uids)
+        if not joined.isascii() or _ESCAPED.search(joined):
+            return [batch for batch in map(self.add, uids) if batch is not None]
+        # ends[i]: bytes of uids[:i] as members, each with one comma ({"uid":"..."} is len + 10)
+        ends = list(accumulate(map(add, map(len, uids), repeat(_MEMBER_OVERHEAD + 1)), initial=0))
+        full: list[Batch] = []
+        start = 0
+        while start < len(uids):
+            room = self._budget - self._used + (0 if self._uids else 1)  # a batch's first member has no comma
+            stop = bisect_right(ends, ends[start] + room, start) - 1
+            if stop == start:  # not even the next uid fits
+                if not self._uids:
+                    raise self._too_big(uids[start], ends[start + 1] - ends[start] - 1)
+                full.append(self._close())
+                continue
+            run = uids[start:stop]
+            self._append(('{"uid":"' + '"},{"uid":"'.join(run) + '"}').encode("ascii"), run)
+            start = stop
         return full
 
     @property
     def requests(self) -> int:
         """Requests needed for everything added so far, the open batch included."""
-        return self.batches + (1 if self._parts else 0)
+        return self.batches + (1 if self._uids else 0)
 
     def finish(self) -> Batch | None:
-        return self._close() if self._parts else None
+        return self._close() if self._uids else None
+
+    def _append(self, segment: bytes, uids: list[str]) -> None:
+        self._used += len(segment) + (1 if self._uids else 0)
+        self._segments.append(segment)
+        self._uids.extend(uids)
 
     def _close(self) -> Batch:
-        batch = Batch(self.envelope, tuple(self._uids), self._head + b",".join(self._parts) + self._tail)
-        self._parts, self._uids, self._used = [], [], 0
+        batch = Batch(self.envelope, tuple(self._uids), self._head + b",".join(self._segments) + self._tail)
+        self._segments, self._uids, self._used = [], [], 0
         self.batches += 1
         return batch
+
+    def _too_big(self, uid: str, size: int) -> CohortApiError:
+        return CohortApiError(
+            f"cohort {self.envelope.cohort_id}: uid {uid[:40]!r} is {size} bytes as JSON and cannot "
+            f"fit in a {self.max_bytes}-byte request; shorten it or raise moengage.max_payload_bytes"
+        )
 
 
 def pack(envelope: Envelope, uids: Iterable[str], max_bytes: int) -> Iterator[Batch]:
@@ -119,10 +158,9 @@ def pack(envelope: Envelope, uids: Iterable[str], max_bytes: int) -> Iterator[Ba
     A uid that cannot fit even alone raises CohortApiError: that cohort fails, the run goes on.
     """
     packer = Packer(envelope, max_bytes)
-    for uid in uids:
-        batch = packer.add(uid)
-        if batch is not None:
-            yield batch
+    stream = iter(uids)
+    while chunk := list(islice(stream, CHUNK)):
+        yield from packer.add_all(chunk)
     last = packer.finish()
     if last is not None:
         yield last

@@ -43,8 +43,7 @@ class Spill:
     def write(self, uids: list[str]) -> None:
         if not uids:
             return
-        for uid in uids:
-            self._packer.add(uid)  # counts requests; raises CohortApiError for an unsendable uid
+        self._packer.add_all(uids)  # counts requests; raises CohortApiError for an unsendable uid
         self._file.write("\n".join(uids).encode("utf-8") + b"\n")
         self.count += len(uids)
         if len(self.samples) < SAMPLES:

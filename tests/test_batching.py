@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.batching import Batch, Envelope, pack
+from reconciler.batching import Batch, Envelope, Packer, pack
 from reconciler.errors import CohortApiError
 
 ENV = Envelope("add_members", "tests", "cohort_ü", ".Cohört name", "a description")
@@ -66,3 +66,27 @@ def test_split_halves_carry_everything():
     left, right = batch.split()
     assert left.uids + right.uids == batch.uids
     assert json.loads(left.body)["parameters"]["members"] == [{"uid": "a"}]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(chunks=st.lists(st.one_of(st.lists(st.text("abcxyz019-_.@ ", min_size=1, max_size=300), max_size=400),
+                                 st.lists(st.one_of(uid_ascii, uid_text), max_size=50)), max_size=6),
+       limit=st.integers(min_value=400, max_value=6_000))
+def test_add_all_makes_exactly_the_batches_add_makes(chunks, limit):
+    """The bulk path (no escaping needed) and the uid-by-uid path agree byte for byte, across chunk seams."""
+    one, bulk = Packer(ENV, limit), Packer(ENV, limit)
+    by_one: list[Batch] = []
+    by_bulk: list[Batch] = []
+    for chunk in chunks:
+        try:
+            by_one += [b for b in map(one.add, chunk) if b is not None]
+        except CohortApiError:
+            with pytest.raises(CohortApiError, match="cannot fit"):
+                bulk.add_all(chunk)
+            return
+        by_bulk += bulk.add_all(chunk)
+        assert (one.requests, one.batches) == (bulk.requests, bulk.batches)
+    by_one += [b for b in [one.finish()] if b is not None]
+    by_bulk += [b for b in [bulk.finish()] if b is not None]
+    assert [b.body for b in by_bulk] == [b.body for b in by_one]
+    assert [b.uids for b in by_bulk] == [b.uids for b in by_one]

@@ -130,3 +130,11 @@ def test_a_version_1_database_is_upgraded(state_url):
     assert upgraded.schema_version() == SCHEMA_VERSION == 2
     assert upgraded.state_version() == 0 and list(synced(upgraded, "c1")) == ["x"]
     upgraded.close()
+
+
+def test_members_are_written_the_same_without_the_drivers_own_statements(state, monkeypatch):
+    """A driver whose paramstyle we do not write by hand goes through SQLAlchemy's statements."""
+    monkeypatch.setattr("reconciler.state._PLACEHOLDERS", {})
+    state.commit_batch("c1", ".C1", None, "add_members", ["b", "a", "c"])
+    state.commit_batch("c1", ".C1", None, "remove_members", ["b"])
+    assert synced(state, "c1") == ["a", "c"] and state.cohort("c1").synced_count == 2

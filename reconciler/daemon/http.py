@@ -46,6 +46,7 @@ def authorized(headers: Any, body: bytes, token: Secret, webhook_secret: Secret)
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave in two writes: Nagle would hold the body for the ACK
     server: "DaemonServer"
 
     def log_message(self, fmt: str, *args: object) -> None:

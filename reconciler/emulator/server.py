@@ -108,6 +108,7 @@ class Reply(Exception):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave in two writes: Nagle would hold the body for the ACK
     server: "EmulatorServer"
 
     def log_message(self, fmt: str, *args: object) -> None:  # quiet: the request log is at /_emulator/requests
