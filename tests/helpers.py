@@ -10,6 +10,8 @@ import yaml
 from reconciler.cli import main
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from reconciler.state import StateStore
 
 

@@ -83,7 +83,7 @@ def test_a_burst_of_writes_makes_one_reconcile(tmp_path, emulator, daemons, caps
     before = runs_of(repo, capsys, "beta")
     for i in range(50):
         repo.uids("beta", USERS[: 11 + i])
-        (repo.cohorts / f".beta.txt.swp").write_text("editor noise")
+        (repo.cohorts / ".beta.txt.swp").write_text("editor noise")
         time.sleep(0.005)
     eventually(lambda: emulator.members("beta") == USERS[:60])
     time.sleep(1.5)  # anything else the burst caused would have run by now
