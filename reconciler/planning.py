@@ -160,6 +160,8 @@ class Planner:
         except OutOfOrder as exc:
             log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
             prepared.close()
+        if tools and not self.digest_desired:  # sort -u orders it on its way to comm (a digest needs it in order)
+            return self._spill_diff(prepared, spec, source.chunks(), synced, tools, unsorted=True)
         presorted = getattr(source, "sorted_by_tool", lambda: None)()
         if presorted is not None:
             try:
@@ -170,8 +172,9 @@ class Planner:
         self._spill_diff(prepared, spec, external_sort(source.chunks()), synced, tools)
 
     def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]] | str,
-                    synced: SyncedMembers, tools: bool) -> None:
-        """Diff desired (sorted chunks, or a plain file's path) against synced, into the spills."""
+                    synced: SyncedMembers, tools: bool, *, unsorted: bool = False) -> None:
+        """Diff desired (sorted chunks, chunks in any order for the tools, or a plain file's path)
+        against synced, into the spills."""
         plan = prepared.plan
         prepared.adds = adds = self._spill("add_members", plan)
         prepared.removes = removes = self._spill("remove_members", plan)
@@ -183,7 +186,7 @@ class Planner:
         if tools:
             assert isinstance(synced, ReadAhead)
             text = desired if isinstance(desired, str) else textdiff.as_text(desired)
-            pairs = textdiff.comm_diff(text, synced.text_blocks(), tally)
+            pairs = textdiff.comm_diff(text, synced.text_blocks(), tally, unsorted=unsorted)
         else:
             assert not isinstance(desired, str)
             pairs = merge_diff(desired, synced, tally)

@@ -50,16 +50,17 @@ def as_text(chunks: Iterable[list[str]]) -> Iterator[bytes]:
             yield ("\n".join(chunk) + "\n").encode("utf-8")
 
 
-def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally,
+def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally, *, unsorted: bool = False,
               memory: str = SORT_MEMORY) -> Iterator[tuple[list[str], list[str]]]:
     """(adds, removes) of desired against synced, each ascending; both sides counted into `tally`.
 
     `desired` is the path of a plain file (sorted here unless already strictly sorted) or, like
-    `synced`, blocks of newline-terminated lines in strictly ascending order. The generator ends
-    normally only if every tool and both sides finished cleanly; else it raises ToolFailed, or
-    the exception a side raised (an OutOfOrder, a SourceError, a StateError).
+    `synced`, blocks of newline-terminated lines: in strictly ascending order, or `unsorted`
+    (any order, duplicates too), when `sort -u` orders them on their way into comm. The
+    generator ends normally only if every tool and both sides finished cleanly; else it raises
+    ToolFailed, or the exception a side raised (an OutOfOrder, a SourceError, a StateError).
     """
-    procs, feeds = _start(desired, synced, tally, memory)
+    procs, feeds = _start(desired, synced, tally, unsorted, memory)
     failures: list[BaseException] = []
     adds = removes = 0
     feeders: list[threading.Thread] = []
@@ -69,6 +70,8 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
             feeders[-1].start()  # it closes its pipe when done
         try:
             for block in output_blocks(procs[-1]):
+                if failures:  # a side failed: what comm says now is not the diff (an ended side looks empty)
+                    raise failures[0]
                 pair = _split(block.decode("utf-8"))
                 adds, removes = adds + len(pair[0]), removes + len(pair[1])
                 yield pair
@@ -79,7 +82,7 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
         if failures:
             raise failures[0]
         _check(procs)
-        if isinstance(desired, str):  # the file was never read here: its size follows from the rest
+        if isinstance(desired, str) or unsorted:  # not counted on the way in: it follows from the rest
             tally.desired = tally.synced + adds - removes
     finally:
         for _, fd in feeds[len(feeders):]:
@@ -87,39 +90,47 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
         _stop(procs)
 
 
-def _start(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally,
+def _start(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally, unsorted: bool,
            memory: str) -> tuple[list[subprocess.Popen], list[tuple[Iterator[bytes], int]]]:
-    """Start sort (for an unsorted file) and comm; return them and the sides still to be written
-    into comm, each with the pipe it goes into."""
+    """Start sort (for desired uids out of order) and comm; return them and the sides still to be
+    written, each with the pipe it goes into."""
     env = {**os.environ, **C_LOCALE}
+    sort = ["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir()]
     procs: list[subprocess.Popen] = []
     read_synced, write_synced = os.pipe()
     feeds = [(_counted(synced, tally, "synced"), write_synced)]
-    inherited = [read_synced]
+    ours = [read_synced]  # read ends the children hold their own copies of, once started
+    comm_reads = [read_synced]  # those comm reads by /dev/fd path
     try:
-        if not isinstance(desired, str):
-            read_desired, write_desired = os.pipe()
-            inherited.append(read_desired)
-            feeds.append((_counted(desired, tally, "desired"), write_desired))
-            first = f"/dev/fd/{read_desired}"
-        elif strictly_sorted(desired):
+        if isinstance(desired, str) and strictly_sorted(desired):
             first = desired
-        else:
-            procs.append(subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir(),
-                                           "--", desired], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        elif isinstance(desired, str):
+            procs.append(subprocess.Popen([*sort, "--", desired], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, env=env))
             first = "-"
+        else:
+            read_desired, write_desired = os.pipe()
+            ours.append(read_desired)
+            if unsorted:
+                feeds.append((iter(desired), write_desired))
+                procs.append(subprocess.Popen(sort, stdin=read_desired, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              env=env))
+                first = "-"
+            else:
+                feeds.append((_counted(desired, tally, "desired"), write_desired))
+                comm_reads.append(read_desired)
+                first = f"/dev/fd/{read_desired}"
         procs.append(subprocess.Popen(["comm", "-3", "--check-order", "--", first, f"/dev/fd/{read_synced}"],
                                       stdin=procs[0].stdout if procs else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, pass_fds=inherited, env=env))
+                                      stderr=subprocess.PIPE, pass_fds=comm_reads, env=env))
     except BaseException:
         for _, fd in feeds:
             os.close(fd)
         _stop(procs)
         raise
     finally:
-        for fd in inherited:
-            os.close(fd)  # comm has its own copies
+        for fd in ours:
+            os.close(fd)
         if len(procs) == 2:
             procs[0].stdout.close()  # type: ignore[union-attr]  # comm reads it now
     return procs, feeds

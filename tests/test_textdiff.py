@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from reconciler import textdiff
 from reconciler.diffs import Tally
 from reconciler.errors import StateError
+from reconciler.ordering import OutOfOrder
 from reconciler.readahead import ReadAhead
 from reconciler.sources import FileSource
 from reconciler.specs import CohortSpec, SourceSpec
@@ -79,10 +80,12 @@ ascii_uid = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_s
 @settings(max_examples=40, deadline=None)
 @given(desired=st.lists(ascii_uid, max_size=60), synced=st.sets(st.one_of(ascii_uid, st.text("éü中😀", min_size=1)),
                                                                  max_size=60),
-       shape=st.sampled_from(["sorted file", "shuffled file", "text blocks"]))
+       shape=st.sampled_from(["sorted file", "shuffled file", "text blocks", "unsorted text blocks"]))
 def test_comm_diff_is_the_set_difference(tmp_path_factory, desired, synced, shape):
     if shape == "text blocks":
         given_desired = blocks(sorted(set(desired)))
+    elif shape == "unsorted text blocks":
+        given_desired = blocks(desired[::-1] + desired[:3])  # any order, duplicates too
     else:
         path = tmp_path_factory.mktemp("comm") / "uids.txt"
         lines = sorted(set(desired)) if shape == "sorted file" else desired[:]
@@ -91,7 +94,8 @@ def test_comm_diff_is_the_set_difference(tmp_path_factory, desired, synced, shap
         path.write_text("".join(u + "\n" for u in lines))
         given_desired = str(path)
     adds, removes, tally = [], [], Tally()
-    for added, removed in textdiff.comm_diff(given_desired, blocks(sorted(synced)), tally):
+    unsorted = shape == "unsorted text blocks"
+    for added, removed in textdiff.comm_diff(given_desired, blocks(sorted(synced)), tally, unsorted=unsorted):
         adds += added
         removes += removed
     assert adds == sorted(set(desired) - synced)
@@ -116,6 +120,21 @@ def test_a_synced_side_that_fails_midway_fails_the_diff(tmp_path):
 
     with pytest.raises(RuntimeError, match="helper died"):
         list(textdiff.comm_diff(str(path), synced(), Tally()))
+
+
+def test_a_desired_side_that_fails_stops_the_diff_at_once(tmp_path):
+    """An OutOfOrder in the thread feeding comm ends the diff at the next block of output, not
+    after comm has called every synced member a removal."""
+    def desired():
+        yield b"a\n"
+        raise OutOfOrder("'c' came after 'd'")
+
+    synced = ("".join(f"u{i:07d}\n" for i in range(j, j + 10_000)).encode() for j in range(0, 2_000_000, 10_000))
+    removals = 0
+    with pytest.raises(OutOfOrder):
+        for _, removed in textdiff.comm_diff(desired(), synced, Tally()):
+            removals += len(removed)
+    assert removals < 200_000
 
 
 def test_a_synced_side_out_of_order_is_a_tool_failure(tmp_path):
@@ -148,7 +167,7 @@ def plan_with_tools(repo: Repo, capsys, monkeypatch) -> tuple[dict, list]:
     monkeypatch.setenv("COHORTSYNC_PARALLEL_PLAN_MIN", "1")  # every cohort counts as big
     calls: list = []
     real = textdiff.comm_diff
-    monkeypatch.setattr(textdiff, "comm_diff", lambda desired, *a: calls.append(desired) or real(desired, *a))
+    monkeypatch.setattr(textdiff, "comm_diff", lambda desired, *a, **k: calls.append(desired) or real(desired, *a, **k))
     return plan_json(repo, capsys), calls
 
 
