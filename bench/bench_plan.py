@@ -58,6 +58,8 @@ def build(work: Path, n: int) -> None:
     wh = sqlite3.connect(work / "warehouse.db")
     wh.execute("CREATE TABLE users (uid TEXT PRIMARY KEY, score INTEGER) WITHOUT ROWID")
     wh.executemany("INSERT INTO users VALUES (?, 1)", ((u,) for u in desired))
+    wh.execute("CREATE TABLE users_unordered (uid TEXT)")  # rows stored, and so read, in random order
+    wh.executemany("INSERT INTO users_unordered VALUES (?)", ((u,) for u in shuffled))
     wh.commit()
     wh.close()
     write_state(work / "state.db", {"big": synced})
@@ -75,7 +77,8 @@ def compare(size: int, work: Path, cfg: Path, naive_state: str) -> tuple[Run, di
     runs = {}
     for label, source in (("UID file, sorted", "{file: uids/sorted.txt}"),
                           ("UID file, shuffled", "{file: uids/shuffled.txt}"),
-                          ("SQL table (ORDER BY uid)", "{connection: wh, sql: SELECT uid FROM users ORDER BY uid}")):
+                          ("SQL table (ORDER BY uid)", "{connection: wh, sql: SELECT uid FROM users ORDER BY uid}"),
+                          ("SQL table, rows in random order", "{connection: wh, sql: SELECT uid FROM users_unordered}")):
         spec(work, source)
         runs[label] = measure(cohortsync("plan", "--config", str(cfg)))
         assert f"Plan: +{changes:,} -{changes:,} in" in runs[label].output, runs[label].output
