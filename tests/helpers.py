@@ -32,6 +32,13 @@ class Repo:
         self.config = root / "cohortsync.yaml"
         self.config.write_text(yaml.safe_dump(doc))
 
+    def connect(self, name: str, url: str) -> "Repo":
+        """Name a warehouse connection in the config; the repository itself, for chaining."""
+        doc = yaml.safe_load(self.config.read_text())
+        doc.setdefault("connections", {})[name] = url
+        self.config.write_text(yaml.safe_dump(doc))
+        return self
+
     def spec(self, name: str, text: str) -> Path:
         path = self.cohorts / name
         path.parent.mkdir(parents=True, exist_ok=True)

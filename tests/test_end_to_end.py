@@ -77,7 +77,7 @@ def test_sql_cohort_follows_the_table(repo, emulator, capsys, request, tmp_path,
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE customers (user_id VARCHAR(20), ltv INTEGER)")
         conn.execute(sa.text("INSERT INTO customers VALUES (:u, :v)"), [{"u": u, "v": i} for i, u in enumerate(USERS)])
-    repo = Repo(repo.root, base_url=emulator.url, connections={"warehouse": url})
+    repo.connect("warehouse", url)
     repo.spec("vip.yaml", "id: vip\nname: .VIP\nsource:\n  connection: warehouse\n  sql: SELECT user_id FROM customers WHERE ltv >= 400\n")
     repo.spec("q/mid.sql", "SELECT user_id, ltv FROM customers WHERE ltv BETWEEN 100 AND 199")
     repo.spec("mid.yaml", "id: mid\nname: .Mid\nsource: {connection: warehouse, sql_file: q/mid.sql}\n")
@@ -250,7 +250,7 @@ def test_sql_source_in_a_non_c_collation_still_diffs_right(repo, emulator, capsy
         conn.execute(sa.text("INSERT INTO people VALUES (:u)"), [{"u": u} for u in mixed])
         ordered = [r[0] for r in conn.exec_driver_sql("SELECT uid FROM people ORDER BY uid")]
     assert ordered != sorted(mixed)  # the database really orders differently
-    repo = Repo(repo.root, base_url=emulator.url, connections={"pg": url})
+    repo.connect("pg", url)
     repo.spec("p.yaml", "id: p\nname: .P\nsource: {connection: pg, sql: SELECT uid FROM people ORDER BY uid}\n")
     assert repo.run(capsys, "apply")[0] == 0
     assert emulator.members("p") == sorted(mixed)

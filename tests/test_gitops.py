@@ -106,7 +106,7 @@ def test_a_stale_saved_plan_is_refused(repo, emulator, capsys, tmp_path, move):
 
 def test_a_saved_plan_sees_a_sql_source_change(repo, emulator, capsys, tmp_path):
     url, engine = warehouse(tmp_path / 'wh.db', ['a', 'b'])
-    repo = Repo(repo.root, base_url=emulator.url, connections={"wh": url})
+    repo.connect("wh", url)
     repo.spec("s.yaml", "id: s\nname: .S\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     plan = str(tmp_path / "plan.json")
     assert repo.run(capsys, "plan", "--out", plan)[0] == 0

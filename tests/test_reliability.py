@@ -138,11 +138,9 @@ def test_auth_lost_mid_run_stops_and_state_holds_what_was_acknowledged(tmp_path,
     ("query", "query on 'wh' failed"),
     ("missing", "cannot read"),
 ])
-def test_source_errors_remove_nothing_even_forced(tmp_path, emulator, capsys, monkeypatch, breakage, message):
-    monkeypatch.setenv("TEST_WS", WORKSPACE)
-    monkeypatch.setenv("TEST_KEY", API_KEY)
+def test_source_errors_remove_nothing_even_forced(repo, tmp_path, emulator, capsys, breakage, message):
     url, engine = warehouse(tmp_path / 'wh.db', USERS[:50])
-    repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
+    repo.connect("wh", url)
     repo.spec("sql.yaml", "id: sql\nname: .SQL\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     repo.file_cohort("file", USERS[:50])
     assert repo.run(capsys, "apply")[0] == 0
@@ -160,11 +158,9 @@ def test_source_errors_remove_nothing_even_forced(tmp_path, emulator, capsys, mo
         assert emulator.members(cohort) == USERS[:50]
 
 
-def test_a_query_that_returns_nothing_is_blocked(tmp_path, emulator, capsys, monkeypatch):
-    monkeypatch.setenv("TEST_WS", WORKSPACE)
-    monkeypatch.setenv("TEST_KEY", API_KEY)
+def test_a_query_that_returns_nothing_is_blocked(repo, tmp_path, emulator, capsys):
     url, engine = warehouse(tmp_path / 'wh.db', USERS[:50])
-    repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
+    repo.connect("wh", url)
     repo.spec("sql.yaml", "id: sql\nname: .SQL\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
     assert repo.run(capsys, "apply")[0] == 0
     with engine.begin() as conn:

@@ -17,7 +17,6 @@ from reconciler.ordering import OutOfOrder
 from reconciler.readahead import ReadAhead
 from reconciler.sources import FileSource
 from reconciler.specs import CohortSpec, SourceSpec
-from tests.conftest import API_KEY, WORKSPACE
 from tests.helpers import Repo, warehouse
 
 pytestmark = pytest.mark.skipif(not textdiff.available(), reason="GNU sort and comm are not on PATH")
@@ -194,16 +193,14 @@ def test_gnu_path_plans_and_applies_what_the_python_path_does(repo, emulator, ca
 
 
 @pytest.mark.parametrize("order_by", ["ORDER BY uid", ""])
-def test_sql_sources_and_padded_files_go_to_comm_as_text(tmp_path, emulator, capsys, monkeypatch, order_by):
+def test_sql_sources_and_padded_files_go_to_comm_as_text(repo, tmp_path, emulator, capsys, monkeypatch, order_by):
     """Sources read here (SQL, a file that needs stripping) reach comm as checked text; an
     unsorted query fails the check inside the feeding thread and is sorted, as in Python."""
-    monkeypatch.setenv("TEST_WS", WORKSPACE)
-    monkeypatch.setenv("TEST_KEY", API_KEY)
     shuffled = USERS[:1500]
     random.Random(5).shuffle(shuffled)
     url, engine = warehouse(tmp_path / "wh.db", shuffled)
     engine.dispose()
-    repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
+    repo.connect("wh", url)
     repo.spec("sql.yaml", f"id: sql\nname: .Sql\nsource: {{connection: wh, sql: 'SELECT uid FROM t {order_by}'}}\n")
     repo.file_cohort("padded", USERS[:1500])
     assert repo.run(capsys, "apply")[0] == 0
@@ -283,14 +280,12 @@ def test_a_broken_sort_fails_only_its_cohort_and_removes_nothing(repo, emulator,
 
 
 @pytest.mark.parametrize("planned_with_tools", [True, False])
-def test_a_saved_plan_of_a_big_sql_cohort_applies_and_sees_changes(tmp_path, emulator, capsys, monkeypatch,
+def test_a_saved_plan_of_a_big_sql_cohort_applies_and_sees_changes(repo, tmp_path, emulator, capsys, monkeypatch,
                                                                      planned_with_tools):
     """The desired set's digest is the same whichever path made it, so a saved plan made by one
     path is applied by the other; a changed query result is still refused."""
-    monkeypatch.setenv("TEST_WS", WORKSPACE)
-    monkeypatch.setenv("TEST_KEY", API_KEY)
     url, engine = warehouse(tmp_path / "wh.db", USERS[:1200])
-    repo = Repo(tmp_path, base_url=emulator.url, connections={"wh": url})
+    repo.connect("wh", url)
     repo.spec("sql.yaml", "id: sql\nname: .Sql\nsource: {connection: wh, sql: 'SELECT uid FROM t ORDER BY uid'}\n")
     assert repo.run(capsys, "apply")[0] == 0
     with engine.begin() as conn:
