@@ -97,42 +97,69 @@ def gnu_sort_available() -> bool:
     return gnu_tool("sort")
 
 
+def c_locale() -> dict[str, str]:
+    """The environment for GNU tools: under LC_ALL=C they compare bytes, code-point order for UTF-8."""
+    return {**os.environ, "LC_ALL": "C"}
+
+
+def sort_unique(memory: str = SORT_MEMORY) -> list[str]:
+    """`sort -u` with a bounded buffer, both cores, spilling to the temporary folder; add the input."""
+    return ["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir()]
+
+
 def gnu_sort(chunks: Iterable[list[str]], memory: str = SORT_MEMORY) -> Iterator[list[str]]:
     """`sort -u` in a child process, fed from a thread so neither side blocks the other."""
-    env = {**os.environ, "LC_ALL": "C"}
-    proc = subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir()],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    assert proc.stdin is not None and proc.stdout is not None
-    failure: list[BaseException] = []
-
-    def feed() -> None:
-        try:
-            for chunk in chunks:
-                if chunk:
-                    proc.stdin.write("\n".join(chunk).encode("utf-8") + b"\n")  # type: ignore[union-attr]
-        except BaseException as exc:  # handed to the reading side, which raises it
-            failure.append(exc)
-        finally:
-            try:
-                proc.stdin.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
-
-    feeder = threading.Thread(target=feed, name="sort-feeder", daemon=True)
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(sort_unique(memory), stdin=read_end, stdout=subprocess.PIPE, env=c_locale())
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)  # sort has its own copy
+    failures: list[BaseException] = []
+    feeder = threading.Thread(target=feed, args=(as_text(chunks), write_end, failures), name="sort-feeder",
+                              daemon=True)
     feeder.start()
     for block in output_blocks(proc):
         yield block.decode("utf-8").split("\n")
     feeder.join()
-    if failure:
-        raise failure[0]
+    if failures:
+        raise failures[0]
 
 
 def gnu_sort_file(path: str, memory: str = SORT_MEMORY) -> Iterator[bytes]:
     """A file's distinct lines in byte order, as blocks of whole lines, sorted by GNU sort itself."""
-    env = {**os.environ, "LC_ALL": "C"}
-    proc = subprocess.Popen(["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir(), "--", path],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen([*sort_unique(memory), "--", path],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=c_locale())
     yield from output_blocks(proc)
+
+
+def as_text(chunks: Iterable[list[str]]) -> Iterator[bytes]:
+    """Uid chunks as blocks of newline-terminated lines, the way GNU tools read them."""
+    for chunk in chunks:
+        if chunk:
+            yield ("\n".join(chunk) + "\n").encode("utf-8")
+
+
+def feed(blocks: Iterable[bytes], fd: int, failures: list[BaseException]) -> None:
+    """Write blocks into a tool's input pipe, then close it; run it in a thread of its own.
+
+    An error is kept in `failures` for the reading side, which raises it. The blocks' own
+    generator is closed here, in the thread that ran it (a database cursor may care).
+    """
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for block in blocks:
+                out.write(block)
+    except BrokenPipeError:
+        pass  # the tool stopped early; its exit status tells why
+    except BaseException as exc:  # noqa: BLE001 - handed to the reading side, which raises it
+        failures.append(exc)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def output_blocks(proc: subprocess.Popen) -> Iterator[bytes]:

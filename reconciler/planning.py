@@ -18,7 +18,7 @@ from typing import IO
 from reconciler.batching import Envelope, Packer
 from reconciler.diffs import Tally, merge_diff
 from reconciler.errors import CohortApiError, SourceError, StateError
-from reconciler.ordering import OutOfOrder, checked, external_sort
+from reconciler.ordering import OutOfOrder, as_text, checked, external_sort
 from reconciler import textdiff
 from reconciler.readahead import ReadAhead, SyncedMembers, synced_members
 from reconciler.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
@@ -185,7 +185,7 @@ class Planner:
             desired = _hashing(desired, digest)  # type: ignore[arg-type]
         if tools:
             assert isinstance(synced, ReadAhead)
-            text = desired if isinstance(desired, str) else textdiff.as_text(desired)
+            text = desired if isinstance(desired, str) else as_text(desired)
             pairs = textdiff.comm_diff(text, synced.text_blocks(), tally, unsorted=unsorted)
         else:
             assert not isinstance(desired, str)

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 
 from reconciler.diffs import Tally
-from reconciler.ordering import SORT_MEMORY, gnu_tool, output_blocks
-
-C_LOCALE = {"LC_ALL": "C"}
-
+from reconciler.ordering import SORT_MEMORY, c_locale, feed, gnu_tool, output_blocks, sort_unique
 
 class ToolFailed(Exception):
     """sort or comm did not finish cleanly; the message says which and why."""
@@ -39,15 +35,8 @@ def available() -> bool:
 def strictly_sorted(path: str) -> bool:
     """The file's lines ascend strictly in byte order (so no duplicates); a fast read, no sort."""
     done = subprocess.run(["sort", "-C", "-u", "--", path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env={**os.environ, **C_LOCALE})
+                          stderr=subprocess.DEVNULL, env=c_locale())
     return done.returncode == 0
-
-
-def as_text(chunks: Iterable[list[str]]) -> Iterator[bytes]:
-    """Sorted uid chunks as blocks of newline-terminated lines."""
-    for chunk in chunks:
-        if chunk:
-            yield ("\n".join(chunk) + "\n").encode("utf-8")
 
 
 def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally, *, unsorted: bool = False,
@@ -66,7 +55,7 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
     feeders: list[threading.Thread] = []
     try:
         for blocks, fd in feeds:
-            feeders.append(threading.Thread(target=_feed, args=(blocks, fd, failures), name="comm-feeder", daemon=True))
+            feeders.append(threading.Thread(target=feed, args=(blocks, fd, failures), name="comm-feeder", daemon=True))
             feeders[-1].start()  # it closes its pipe when done
         try:
             for block in output_blocks(procs[-1]):
@@ -94,8 +83,8 @@ def _start(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Tally
            memory: str) -> tuple[list[subprocess.Popen], list[tuple[Iterator[bytes], int]]]:
     """Start sort (for desired uids out of order) and comm; return them and the sides still to be
     written, each with the pipe it goes into."""
-    env = {**os.environ, **C_LOCALE}
-    sort = ["sort", "-u", "-S", memory, "--parallel=2", "-T", tempfile.gettempdir()]
+    env = c_locale()
+    sort = sort_unique(memory)
     procs: list[subprocess.Popen] = []
     read_synced, write_synced = os.pipe()
     feeds = [(_counted(synced, tally, "synced"), write_synced)]
@@ -157,23 +146,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-
-
-def _feed(blocks: Iterable[bytes], fd: int, failures: list[BaseException]) -> None:
-    """Write one side into comm; an error is kept for the reading side. The side's own
-    generator is closed here, in the thread that ran it (a database cursor may care)."""
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for block in blocks:
-                out.write(block)
-    except BrokenPipeError:
-        pass  # comm stopped early; its exit status tells why
-    except BaseException as exc:  # noqa: BLE001 - handed to the reading side, which raises it
-        failures.append(exc)
-    finally:
-        close = getattr(blocks, "close", None)
-        if close is not None:
-            close()
 
 
 def _split(text: str) -> tuple[list[str], list[str]]:
