@@ -11,6 +11,7 @@ import pytest
 from reconciler.errors import StateError
 from reconciler.readahead import InProcess, ReadAhead, synced_members
 from reconciler.state import READ_ROWS, StateStore, make_engine, members
+from tests.daemon_process import eventually
 
 UIDS = sorted({f"u{i:07d}" for i in range(0, 2 * READ_ROWS + 123, 1)} | {"é", "中", "😀", "a b"})
 
@@ -25,6 +26,14 @@ def state(state_url):
 
 def flat(chunks) -> list[str]:
     return [uid for chunk in chunks for uid in chunk]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def url_of(state: StateStore) -> str:
@@ -124,15 +133,7 @@ def test_closing_early_stops_the_helper(state):
     next(iter(reader))
     reader.close()
     assert reader._proc.returncode is not None
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(reader._proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the helper outlived close()")
+    eventually(lambda: not alive(reader._proc.pid), timeout=5, interval=0.05)  # the helper did not outlive close()
 
 
 def test_the_state_url_reaches_the_helper_on_stdin_not_in_its_command_line(tmp_path):
@@ -190,13 +191,7 @@ def test_ctrl_c_during_a_big_plan_leaves_no_helper_behind(tmp_path):
     try:
         plan.send_signal(signal.SIGINT)
         assert plan.wait(timeout=20) == 130
-        for _ in range(100):
-            try:
-                os.kill(helper, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        pytest.fail("the helper outlived the interrupted plan")
+        eventually(lambda: not alive(helper), timeout=5, interval=0.05)  # nor the interrupted plan
     finally:
         try:
             os.kill(helper, signal.SIGKILL)
