@@ -92,6 +92,8 @@ class FileSource:
         assert spec.source.path is not None
         self.cohort_id, self.path, self.column = spec.id, spec.source.path, spec.source.column
         self.csv = ".csv" in self.path.name.lower()
+        self.gz = self.path.name.lower().endswith(".gz")
+        self.plain_text = not (self.csv or self.gz)  # lines as they are on disk: what GNU tools can read
 
     def digest(self) -> str | None:
         h = hashlib.sha256(f"{self.column}\0".encode())
@@ -119,7 +121,7 @@ class FileSource:
         stripping breaks the order, make the caller fall back to the careful path, which reports
         the real line numbers.
         """
-        if self.csv or self.path.name.lower().endswith(".gz") or not gnu_sort_available():
+        if not self.plain_text or not gnu_sort_available():
             return None
         return self._sorted_blocks()
 
@@ -133,7 +135,7 @@ class FileSource:
     def plain_ascii(self) -> bool:
         """Every line of this .txt file is already a uid as it would be read: printable ASCII,
         no padding, no blank line. Then GNU tools may read the file itself (textdiff.py)."""
-        if self.csv or self.path.name.lower().endswith(".gz"):
+        if not self.plain_text:
             return False
         previous = b"\n"  # as if a line had just ended: a blank or padded first line shows
         try:
@@ -148,7 +150,7 @@ class FileSource:
         return previous != b" "
 
     def _open(self) -> IO[bytes]:
-        if self.path.name.lower().endswith(".gz"):
+        if self.gz:
             return gzip.open(self.path, "rb")
         return open(self.path, "rb")
 
