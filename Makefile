@@ -21,8 +21,9 @@ demo: $(STAMP)  ## the example cohorts applied to a local emulator, end to end
 test: $(STAMP)  ## every test; PostgreSQL tests skip when no server answers (CI makes them mandatory)
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## pyflakes and pycodestyle errors (undefined names, unused imports, ...); CI runs it
+lint: $(STAMP)  ## pyflakes and pycodestyle errors, and the import layers (lint-imports); CI runs it
 	$(BIN)/ruff check --isolated --select E,F,W --ignore E501 reconciler tests bench
+	$(BIN)/lint-imports
 
 bench: $(STAMP)  ## benchmarks at a small default size, each beside its baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from common import churned, cohortsync, measure, parser, report
 
-from reconciler.batching import Batch, Envelope, member_bytes
-from reconciler.client import MoEngageClient
+from reconciler.moengage.batching import Batch, Envelope, member_bytes
+from reconciler.moengage.client import MoEngageClient
 from reconciler.emulator.process import EmulatorProcess
-from reconciler.settings import MoEngageSettings, RateLimit, Secret
+from reconciler.settings.model import MoEngageSettings, RateLimit, Secret
 
 WS, KEY = "BENCH_WS", "bench-key"
 

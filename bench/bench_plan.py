@@ -29,7 +29,7 @@ print(len(desired - synced), len(synced - desired))
 TO_POSTGRES = r"""
 import sqlite3, sys
 import psycopg
-from reconciler.state import StateStore
+from reconciler.state.store import StateStore
 sqlite_path, url, libpq, schema = sys.argv[1:]
 with psycopg.connect(libpq, autocommit=True) as conn:
     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -19,7 +19,7 @@ CHANGES = 100_000
 
 def main() -> int:
     args = parser(__doc__, "1M").parse_args()
-    from reconciler.state import StateStore
+    from reconciler.state.store import StateStore
     synced, desired = churned(args.size, CHANGES / args.size)
     adds = sorted(set(desired) - set(synced))
     removes = sorted(set(synced) - set(desired))

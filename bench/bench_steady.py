@@ -25,9 +25,9 @@ print(changes)
 """
 RECONCILE = r"""
 import sys, time
-from reconciler.config import load_settings
-from reconciler.reconciling import Reconciler
-from reconciler.state import StateStore
+from reconciler.settings.config import load_settings
+from reconciler.running.reconciling import Reconciler
+from reconciler.state.store import StateStore
 settings = load_settings(sys.argv[1], env={})
 state = StateStore.open(settings.state_url)
 reconciler = Reconciler(settings, state)
@@ -40,8 +40,8 @@ print(f"reconciled {len(report.outcomes)} cohorts in {took:.3f}")
 
 
 def build(work: Path, n: int) -> None:
-    from reconciler.sources import FileSource
-    from reconciler.specs import load_specs
+    from reconciler.sources.reading import FileSource
+    from reconciler.specs.cohorts import load_specs
     _, uids = churned(n, 0.0)
     per = n // COHORTS
     (work / "cohorts" / "uids").mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,7 @@ def churned(n: int, churn: float, seed: int = 1) -> tuple[list[str], list[str]]:
 
 def write_state(path: Path, cohorts: dict[str, list[str]], digests: dict[str, tuple[str, str]] | None = None) -> None:
     """A state database holding these members as synced (written directly: fast, and the same bytes)."""
-    from reconciler.state import StateStore
+    from reconciler.state.store import StateStore
     if path.exists():
         path.unlink()
     StateStore.open(f"sqlite:///{path}").close()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import yaml
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from reconciler.state import StateStore
+    from reconciler.state.store import StateStore
 
 
 class Repo:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.batching import Batch, Envelope, Packer, pack
-from reconciler.errors import CohortApiError
+from reconciler.moengage.batching import Batch, Envelope, Packer, pack
+from reconciler.common.errors import CohortApiError
 
 ENV = Envelope("add_members", "tests", "cohort_ü", ".Cohört name", "a description")
 LIMIT = 128_000

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from reconciler.batching import Envelope, pack
-from reconciler.client import MoEngageClient, retry_after
-from reconciler.errors import ApiError, CohortApiError, FatalApiError, TemporaryApiError
-from reconciler.settings import MoEngageSettings, RateLimit, Secret
+from reconciler.moengage.batching import Envelope, pack
+from reconciler.moengage.client import MoEngageClient, retry_after
+from reconciler.common.errors import ApiError, CohortApiError, FatalApiError, TemporaryApiError
+from reconciler.settings.model import MoEngageSettings, RateLimit, Secret
 from tests.conftest import API_KEY, WORKSPACE
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.config import load_settings, require_credentials
-from reconciler.errors import ConfigError
-from reconciler.settings import RateLimit, parse_duration
+from reconciler.settings.config import load_settings, require_credentials
+from reconciler.common.errors import ConfigError
+from reconciler.settings.model import RateLimit, parse_duration
 
 
 def write(tmp_path, text: str) -> str:

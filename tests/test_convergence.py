@@ -8,10 +8,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from reconciler.client import MoEngageClient
-from reconciler.config import load_settings
-from reconciler.reconciling import Reconciler
-from reconciler.state import StateStore
+from reconciler.moengage.client import MoEngageClient
+from reconciler.settings.config import load_settings
+from reconciler.running.reconciling import Reconciler
+from reconciler.state.store import StateStore
 from tests.conftest import API_KEY, WORKSPACE
 from tests.helpers import Repo
 

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.specs import load_specs
+from reconciler.specs.cohorts import load_specs
 from tests.conftest import API_KEY, WORKSPACE
 from tests.helpers import Repo, warehouse
 

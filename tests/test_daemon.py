@@ -10,7 +10,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import TOKEN, DaemonProcess, eventually
 from tests.helpers import Repo, warehouse
@@ -162,8 +162,8 @@ def test_apply_refuses_while_run_holds_the_lease(tmp_path, emulator, daemons, ca
 
 
 def test_a_dead_holders_lease_expires(tmp_path, emulator, daemons, capsys):
-    from reconciler.leases import Lease
-    from reconciler.state import StateStore
+    from reconciler.state.leases import Lease
+    from reconciler.state.store import StateStore
     repo = Repo(tmp_path, base_url=emulator.url)
     repo.file_cohort("beta", USERS[:5])
     state = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.diffs import Tally, merge_diff
-from reconciler.ordering import OutOfOrder, checked, external_sort, gnu_sort, gnu_sort_available, python_sort
-from reconciler.plans import BLOCKED, CHANGED, SUSPENDED, UNCHANGED, CohortPlan, guard_verdict, verdict
-from reconciler.specs import MaxRemovals
+from reconciler.planning.diffs import Tally, merge_diff
+from reconciler.sources.ordering import OutOfOrder, checked, external_sort, gnu_sort, gnu_sort_available, python_sort
+from reconciler.planning.plans import BLOCKED, CHANGED, SUSPENDED, UNCHANGED, CohortPlan, guard_verdict, verdict
+from reconciler.specs.cohorts import MaxRemovals
 
 
 def chunked(uids: list[str], sizes: list[int]) -> list[list[str]]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.render import GITHUB_COMMENT_LIMIT, plan_markdown
-from reconciler.plans import CohortPlan
+from reconciler.running.render import GITHUB_COMMENT_LIMIT, plan_markdown
+from reconciler.planning.plans import CohortPlan
 from tests.conftest import API_KEY, WORKSPACE
 from tests.helpers import Repo, warehouse
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import StateError
-from reconciler.readahead import InProcess, ReadAhead, synced_members
-from reconciler.state import READ_ROWS, StateStore, make_engine, members
+from reconciler.common.errors import StateError
+from reconciler.planning.readahead import InProcess, ReadAhead, synced_members
+from reconciler.state.store import READ_ROWS, StateStore, make_engine, members
 from tests.daemon_process import eventually
 
 UIDS = sorted({f"u{i:07d}" for i in range(0, 2 * READ_ROWS + 123, 1)} | {"é", "中", "😀", "a b"})
@@ -141,7 +141,7 @@ def test_the_state_url_reaches_the_helper_on_stdin_not_in_its_command_line(tmp_p
     url = f"sqlite:///{tmp_path / 'state.db'}?secret=hunter2"
     with closing(ReadAhead(url, "c")) as reader:
         argv = " ".join(map(str, reader._proc.args))  # what was exec'd
-        assert "reconciler.readahead" in argv and "hunter2" not in argv
+        assert "reconciler.planning.readahead" in argv and "hunter2" not in argv
 
 
 def test_a_stray_print_in_the_helper_does_not_garble_its_messages(state, tmp_path, monkeypatch):
@@ -183,7 +183,7 @@ def test_ctrl_c_during_a_big_plan_leaves_no_helper_behind(tmp_path):
     deadline = time.monotonic() + 20
     while helper is None and plan.poll() is None and time.monotonic() < deadline:
         for pid in Path(f"/proc/{plan.pid}/task/{plan.pid}/children").read_text().split():
-            if b"reconciler.readahead" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"reconciler.planning.readahead" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 helper = int(pid)
         time.sleep(0.005)
     assert helper is not None, "the plan never started a helper"

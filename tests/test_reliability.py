@@ -10,8 +10,8 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from reconciler.batching import Envelope, pack
-from reconciler.state import StateStore, cohorts, members, runs
+from reconciler.moengage.batching import Envelope, pack
+from reconciler.state.store import StateStore, cohorts, members, runs
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import TOKEN, DaemonProcess, eventually
 from tests.helpers import Repo, synced, warehouse
@@ -210,5 +210,5 @@ def test_secrets_appear_nowhere(tmp_path, emulator, capsys, monkeypatch):
 
 
 def test_daemon_listens_on_loopback_by_default(tmp_path):
-    from reconciler.config import load_settings
+    from reconciler.settings.config import load_settings
     assert load_settings(None, env={}).daemon.listen.startswith("127.0.0.1:")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from reconciler.errors import SourceError
-from reconciler.settings import Secret
-from reconciler.sources import Engines, FileSource, SqlSource, normalize
-from reconciler.specs import CohortSpec, SourceSpec
+from reconciler.common.errors import SourceError
+from reconciler.settings.model import Secret
+from reconciler.sources.reading import Engines, FileSource, SqlSource, normalize
+from reconciler.specs.cohorts import CohortSpec, SourceSpec
 
 
 def flat(source) -> list[str]:
@@ -159,7 +159,7 @@ def test_uid_with_newline_from_sql_is_refused(tmp_path):
 
 
 def test_blocks_split_lines_right_and_count_lines_across_blocks(tmp_path, monkeypatch):
-    import reconciler.sources as sources
+    import reconciler.sources.reading as sources
     monkeypatch.setattr(sources, "BLOCK", 16)
     path = tmp_path / "u.txt"
     lines = [f"\tuser-{i}\r" for i in range(100)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from reconciler.errors import StateError
-from reconciler.state import SCHEMA_VERSION, RunRecord, StateStore, meta
+from reconciler.common.errors import StateError
+from reconciler.state.store import SCHEMA_VERSION, RunRecord, StateStore, meta
 from tests.helpers import synced
 
 
@@ -134,7 +134,7 @@ def test_a_version_1_database_is_upgraded(state_url):
 
 def test_members_are_written_the_same_without_the_drivers_own_statements(state, monkeypatch):
     """A driver whose paramstyle we do not write by hand goes through SQLAlchemy's statements."""
-    monkeypatch.setattr("reconciler.state._PLACEHOLDERS", {})
+    monkeypatch.setattr("reconciler.state.store._PLACEHOLDERS", {})
     state.commit_batch("c1", ".C1", None, "add_members", ["b", "a", "c"])
     state.commit_batch("c1", ".C1", None, "remove_members", ["b"])
     assert synced(state, "c1") == ["a", "c"] and state.cohort("c1").synced_count == 2

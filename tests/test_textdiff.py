@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import textdiff
-from reconciler.diffs import Tally
-from reconciler.errors import StateError
-from reconciler.ordering import OutOfOrder
-from reconciler.readahead import ReadAhead
-from reconciler.sources import FileSource
-from reconciler.specs import CohortSpec, SourceSpec
+from reconciler.planning import textdiff
+from reconciler.planning.diffs import Tally
+from reconciler.common.errors import StateError
+from reconciler.sources.ordering import OutOfOrder
+from reconciler.planning.readahead import ReadAhead
+from reconciler.sources.reading import FileSource
+from reconciler.specs.cohorts import CohortSpec, SourceSpec
 from tests.helpers import Repo, warehouse
 
 pytestmark = pytest.mark.skipif(not textdiff.available(), reason="GNU sort and comm are not on PATH")
@@ -50,7 +50,7 @@ def test_plain_ascii_means_every_line_is_already_a_uid(tmp_path, content, plain)
 
 
 def test_plain_ascii_sees_a_blank_line_across_a_block_seam(tmp_path):
-    from reconciler.sources import BLOCK
+    from reconciler.sources.reading import BLOCK
     path = tmp_path / "uids.txt"
     line = b"x" * 99 + b"\n"
     body = line * (BLOCK // len(line)) + b"y" * (BLOCK % len(line) - 1) + b"\n"

@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from reconciler.errors import ConfigError
-from reconciler.responses import discard_body, send, send_json
-from reconciler.settings import Secret
+from reconciler.common.errors import ConfigError
+from reconciler.common.httpio import discard_body, send, send_json
+from reconciler.settings.model import Secret
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # bytes: a GitHub push payload is far smaller

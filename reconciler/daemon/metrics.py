@@ -4,8 +4,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from reconciler.client import ClientStats
-from reconciler.reconciling import RunReport
+from reconciler.moengage.client import ClientStats
+from reconciler.running.reconciling import RunReport
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

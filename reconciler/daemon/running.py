@@ -15,19 +15,19 @@ import threading
 import time
 from pathlib import Path
 
-from reconciler import render
-from reconciler.client import MoEngageClient
-from reconciler.config import load_settings, require_credentials
+from reconciler.running import render
+from reconciler.moengage.client import MoEngageClient
+from reconciler.settings.config import load_settings, require_credentials
 from reconciler.daemon.http import DaemonAPI, DaemonServer
 from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
 from reconciler.daemon.queueing import ALL, CoalescingQueue, Work
 from reconciler.daemon.watching import Watcher
-from reconciler.errors import CohortSyncError, StateError
-from reconciler.leases import held
-from reconciler.reconciling import Reconciler, RunReport
-from reconciler.settings import Settings
-from reconciler.specs import SpecSet
-from reconciler.state import StateStore
+from reconciler.common.errors import CohortSyncError, StateError
+from reconciler.state.leases import held
+from reconciler.running.reconciling import Reconciler, RunReport
+from reconciler.settings.model import Settings
+from reconciler.specs.cohorts import SpecSet
+from reconciler.state.store import StateStore
 
 log = logging.getLogger(__name__)
 JITTER = 0.1  # timers fire within ±10% of a cohort's schedule

@@ -7,8 +7,8 @@ import os
 
 import requests
 
-from reconciler.config import load_settings
-from reconciler.errors import CohortSyncError
+from reconciler.settings.config import load_settings
+from reconciler.common.errors import CohortSyncError
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import threading
 
 from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer, load_users
 from reconciler.emulator.store import SegmentStore
-from reconciler.settings import RateLimit, parse_duration
+from reconciler.settings.model import RateLimit, parse_duration
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-from reconciler.batching import ACTIONS
+from reconciler.moengage.batching import ACTIONS
 from reconciler.emulator.store import SegmentStore
-from reconciler.responses import discard_body, send_json
-from reconciler.rules import cohort_name_problem
-from reconciler.settings import RateLimit
+from reconciler.common.httpio import discard_body, send_json
+from reconciler.specs.rules import cohort_name_problem
+from reconciler.settings.model import RateLimit
 
 log = logging.getLogger(__name__)
 API_PATH = "/v1/integrations/cohortsync"

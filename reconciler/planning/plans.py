@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.specs import MaxRemovals
+from reconciler.specs.cohorts import MaxRemovals
 
 UNCHANGED, CHANGED, BLOCKED, ERROR, SUSPENDED, ORPHANED = (
     "unchanged", "changed", "blocked", "error", "suspended", "orphaned")

@@ -9,9 +9,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from reconciler.plans import CohortPlan, totals
-from reconciler.reconciling import RunReport
-from reconciler.state import CohortRecord, RunRecord
+from reconciler.planning.plans import CohortPlan, totals
+from reconciler.running.reconciling import RunReport
+from reconciler.state.store import CohortRecord, RunRecord
 
 FORMAT_VERSION = 1
 GITHUB_COMMENT_LIMIT = 65_536

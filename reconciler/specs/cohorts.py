@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.documents import Document, Problem, parse_yaml, schema_problems
-from reconciler.errors import SpecError
-from reconciler.settings import parse_duration
+from reconciler.common.documents import Document, Problem, parse_yaml, schema_problems
+from reconciler.common.errors import SpecError
+from reconciler.settings.model import parse_duration
 
 SPEC_GLOBS = ("*.yaml", "*.yml")
 FILE_SUFFIXES = (".txt", ".csv", ".txt.gz", ".csv.gz")

@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from reconciler.errors import Interrupted
-from reconciler.settings import RateLimit
+from reconciler.common.errors import Interrupted
+from reconciler.settings.model import RateLimit
 
 _IN_FLIGHT = float("inf")
 MARGIN = 0.005  # seconds added to the window against clock granularity

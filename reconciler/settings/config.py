@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from reconciler.documents import Document, parse_yaml, schema_problems
-from reconciler.errors import ConfigError
-from reconciler.settings import (PARALLEL_PLAN_MIN, DaemonSettings, MoEngageSettings, RateLimit, Secret, Settings,
+from reconciler.common.documents import Document, parse_yaml, schema_problems
+from reconciler.common.errors import ConfigError
+from reconciler.settings.model import (PARALLEL_PLAN_MIN, DaemonSettings, MoEngageSettings, RateLimit, Secret, Settings,
                                  parse_duration)
 
 DEFAULT_CONFIG = "cohortsync.yaml"

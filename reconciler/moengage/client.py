@@ -18,8 +18,8 @@ from email.utils import parsedate_to_datetime
 
 import requests
 
-from reconciler.batching import Batch
-from reconciler.errors import (
+from reconciler.moengage.batching import Batch
+from reconciler.common.errors import (
     ApiError,
     CohortApiError,
     FatalApiError,
@@ -27,8 +27,8 @@ from reconciler.errors import (
     PayloadTooLarge,
     TemporaryApiError,
 )
-from reconciler.ratelimit import SlidingWindowLimiter
-from reconciler.settings import MoEngageSettings
+from reconciler.moengage.ratelimit import SlidingWindowLimiter
+from reconciler.settings.model import MoEngageSettings
 
 log = logging.getLogger(__name__)
 MAX_THROTTLED = 100  # consecutive 429s on one batch before we give up on it

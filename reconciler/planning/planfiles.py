@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import CohortSyncError
-from reconciler.plans import CohortPlan, fingerprint, totals
+from reconciler.common.errors import CohortSyncError
+from reconciler.planning.plans import CohortPlan, fingerprint, totals
 
 KIND = "cohortsync-plan"
 FORMAT_VERSION = 1

@@ -6,7 +6,7 @@ from typing import IO, Protocol
 
 from tqdm import tqdm
 
-from reconciler.plans import CohortPlan
+from reconciler.planning.plans import CohortPlan
 
 
 class Progress(Protocol):

@@ -21,11 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from reconciler.cursors import streaming_cursor
-from reconciler.errors import SourceError, short_message
-from reconciler.ordering import gnu_sort_available, gnu_sort_file
-from reconciler.settings import Secret
-from reconciler.specs import CohortSpec
+from reconciler.sources.cursors import streaming_cursor
+from reconciler.common.errors import SourceError, short_message
+from reconciler.sources.ordering import gnu_sort_available, gnu_sort_file
+from reconciler.settings.model import Secret
+from reconciler.specs.cohorts import CohortSpec
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _BAD_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\ud800-\udfff]")

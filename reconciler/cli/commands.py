@@ -11,17 +11,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from reconciler import planfiles, render
-from reconciler.client import MoEngageClient
-from reconciler.config import load_settings, require_credentials
-from reconciler.errors import CohortSyncError
-from reconciler.leases import held
-from reconciler.plans import BLOCKED, ERROR
-from reconciler.progress import Progress, for_terminal
-from reconciler.reconciling import Reconciler, RunReport
-from reconciler.settings import Settings
-from reconciler.specs import SpecSet, load_specs, missing_sources
-from reconciler.state import StateStore
+from reconciler.planning import planfiles
+from reconciler.running import render
+from reconciler.moengage.client import MoEngageClient
+from reconciler.settings.config import load_settings, require_credentials
+from reconciler.common.errors import CohortSyncError
+from reconciler.state.leases import held
+from reconciler.planning.plans import BLOCKED, ERROR
+from reconciler.running.progress import Progress, for_terminal
+from reconciler.running.reconciling import Reconciler, RunReport
+from reconciler.settings.model import Settings
+from reconciler.specs.cohorts import SpecSet, load_specs, missing_sources
+from reconciler.state.store import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 

@@ -13,16 +13,16 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from reconciler.applying import CohortOutcome, execute
-from reconciler.client import MoEngageClient
-from reconciler.errors import FatalApiError
-from reconciler.planning import Planner, PreparedPlan
-from reconciler.progress import Progress
-from reconciler.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan, fingerprint
-from reconciler.settings import Settings
-from reconciler.sources import Engines
-from reconciler.specs import SpecSet, load_specs
-from reconciler.state import CohortRecord, RunRecord, StateStore
+from reconciler.running.applying import CohortOutcome, execute
+from reconciler.moengage.client import MoEngageClient
+from reconciler.common.errors import FatalApiError
+from reconciler.planning.planner import Planner, PreparedPlan
+from reconciler.running.progress import Progress
+from reconciler.planning.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan, fingerprint
+from reconciler.settings.model import Settings
+from reconciler.sources.reading import Engines
+from reconciler.specs.cohorts import SpecSet, load_specs
+from reconciler.state.store import CohortRecord, RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 STALE = "its spec, source or synced members changed since the saved plan was made: plan again"

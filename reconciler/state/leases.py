@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from reconciler.errors import LeaseHeld, StateError, short_message
-from reconciler.state import StateStore, leases
+from reconciler.common.errors import LeaseHeld, StateError, short_message
+from reconciler.state.store import StateStore, leases
 
 log = logging.getLogger(__name__)
 WRITER = "writer"

@@ -20,8 +20,8 @@ import subprocess
 import threading
 from collections.abc import Iterable, Iterator
 
-from reconciler.diffs import Tally
-from reconciler.ordering import SORT_MEMORY, c_locale, feed, gnu_tool, output_blocks, sort_unique
+from reconciler.planning.diffs import Tally
+from reconciler.sources.ordering import SORT_MEMORY, c_locale, feed, gnu_tool, output_blocks, sort_unique
 
 class ToolFailed(Exception):
     """sort or comm did not finish cleanly; the message says which and why."""

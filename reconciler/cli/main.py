@@ -7,9 +7,10 @@ import sys
 import importlib
 from collections.abc import Callable
 
-from reconciler import __version__, logs
+from reconciler import __version__
+from reconciler.common import logs
 from reconciler.emulator import main as emulator_main
-from reconciler.errors import CohortSyncError, SpecErrors
+from reconciler.common.errors import CohortSyncError, SpecErrors
 
 DESCRIPTION = "Keep MoEngage custom segments equal to the cohorts declared in git."
 
@@ -23,14 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", parents=[common], help="check every spec and the config")
-    p.set_defaults(func="reconciler.commands:validate")
+    p.set_defaults(func="reconciler.cli.commands:validate")
 
     p = sub.add_parser("plan", parents=[common], help="show what apply would send, per cohort")
     _selection(p)
     p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 when something does")
     p.add_argument("--out", metavar="FILE", help="save the plan, for `apply --plan FILE`")
-    p.set_defaults(func="reconciler.commands:plan")
+    p.set_defaults(func="reconciler.cli.commands:plan")
 
     p = sub.add_parser("apply", parents=[common], help="reconcile now")
     _selection(p)
@@ -38,17 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan; refused once anything moved on")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func="reconciler.commands:apply")
+    p.set_defaults(func="reconciler.cli.commands:apply")
 
     p = sub.add_parser("status", parents=[common], help="per cohort: synced members, last run, last error")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func="reconciler.commands:status")
+    p.set_defaults(func="reconciler.cli.commands:status")
 
     p = sub.add_parser("history", parents=[common], help="past runs with counts")
     p.add_argument("--cohort", metavar="ID")
     p.add_argument("--limit", type=int, default=20, metavar="N")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func="reconciler.commands:history")
+    p.set_defaults(func="reconciler.cli.commands:history")
 
     p = sub.add_parser("run", parents=[common], help="the daemon: reconcile on file change, timer and trigger")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="json for log collectors")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="reconciler.emulator.main:run")
 
     p = sub.add_parser("demo", parents=[common], help="the example cohorts applied to the emulator, end to end")
-    p.set_defaults(func="reconciler.demo:run")
+    p.set_defaults(func="reconciler.cli.demo:run")
     return parser
 
 

@@ -13,12 +13,12 @@ import random
 import sqlite3
 from pathlib import Path
 
-from reconciler import render
-from reconciler.commands import reconciler_for
-from reconciler.config import load_settings
+from reconciler.running import render
+from reconciler.cli.commands import reconciler_for
+from reconciler.settings.config import load_settings
 from reconciler.emulator.process import EmulatorProcess
-from reconciler.leases import held
-from reconciler.settings import Secret, Settings
+from reconciler.state.leases import held
+from reconciler.settings.model import Secret, Settings
 
 DEMO_WORKSPACE, DEMO_KEY = "DEMO_WORKSPACE", "demo-data-api-key"
 CUSTOMERS = 2000

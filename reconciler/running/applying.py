@@ -11,13 +11,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from reconciler.batching import pack
-from reconciler.client import MoEngageClient
-from reconciler.errors import ApiError, FatalApiError, Interrupted, StateError
-from reconciler.planning import PreparedPlan
-from reconciler.plans import ORPHANED, CohortPlan
-from reconciler.progress import NoProgress, Progress
-from reconciler.state import RunRecord, StateStore
+from reconciler.moengage.batching import pack
+from reconciler.moengage.client import MoEngageClient
+from reconciler.common.errors import ApiError, FatalApiError, Interrupted, StateError
+from reconciler.planning.planner import PreparedPlan
+from reconciler.planning.plans import ORPHANED, CohortPlan
+from reconciler.running.progress import NoProgress, Progress
+from reconciler.state.store import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 

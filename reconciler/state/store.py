@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from reconciler.cursors import streaming_cursor
-from reconciler.errors import StateError, short_message
-from reconciler.ordering import OutOfOrder, checked
+from reconciler.sources.cursors import streaming_cursor
+from reconciler.common.errors import StateError, short_message
+from reconciler.sources.ordering import OutOfOrder, checked
 
 SCHEMA_VERSION = 2
 READ_ROWS = 20_000  # members fetched per round trip

@@ -15,7 +15,7 @@ from itertools import accumulate, islice, repeat
 from operator import add
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
-from reconciler.errors import CohortApiError
+from reconciler.common.errors import CohortApiError
 
 ACTIONS = ("add_members", "remove_members")
 CHUNK = 20_000  # uids packed at once

@@ -15,17 +15,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
-from reconciler.batching import Envelope, Packer
-from reconciler.diffs import Tally, merge_diff
-from reconciler.errors import CohortApiError, SourceError, StateError
-from reconciler.ordering import OutOfOrder, as_text, checked, external_sort
-from reconciler import textdiff
-from reconciler.readahead import ReadAhead, SyncedMembers, synced_members
-from reconciler.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
-from reconciler.settings import Settings
-from reconciler.sources import Engines, FileSource, Source, open_source
-from reconciler.specs import CohortSpec
-from reconciler.state import CohortRecord, StateStore
+from reconciler.moengage.batching import Envelope, Packer
+from reconciler.planning.diffs import Tally, merge_diff
+from reconciler.common.errors import CohortApiError, SourceError, StateError
+from reconciler.sources.ordering import OutOfOrder, as_text, checked, external_sort
+from reconciler.planning import textdiff
+from reconciler.planning.readahead import ReadAhead, SyncedMembers, synced_members
+from reconciler.planning.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
+from reconciler.settings.model import Settings
+from reconciler.sources.reading import Engines, FileSource, Source, open_source
+from reconciler.specs.cohorts import CohortSpec
+from reconciler.state.store import CohortRecord, StateStore
 
 log = logging.getLogger(__name__)
 

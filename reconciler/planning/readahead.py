@@ -2,7 +2,7 @@
 
 Fetching ten million rows through a DBAPI driver costs about three seconds of Python, and the
 GIL keeps a thread from overlapping that with reading the source. So for a big cohort (the
-`parallel_plan_min` setting) a helper, `python -m reconciler.readahead`, reads the members,
+`parallel_plan_min` setting) a helper, `python -m reconciler.planning.readahead`, reads the members,
 checks their order and appends them, a block of newline-terminated uids at a time, to an
 unlinked temporary file; over a pipe it tells the parent where each block lies. The parent
 reads the blocks as the diff asks for them.
@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
-from reconciler.errors import StateError
-from reconciler.state import StateStore, make_engine, synced_in_order
+from reconciler.common.errors import StateError
+from reconciler.state.store import StateStore, make_engine, synced_in_order
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ReadAhead:
         read_messages, write_messages = os.pipe()  # a channel of its own: a stray print cannot garble it
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "reconciler.readahead"], stdin=subprocess.PIPE, stdout=2,
+                [sys.executable, "-m", "reconciler.planning.readahead"], stdin=subprocess.PIPE, stdout=2,
                 pass_fds=(self._file.fileno(), write_messages), env={**os.environ, "PYTHONPATH": path})
         except OSError:
             os.close(read_messages)

@@ -1,0 +1,1 @@
+"""The command line: argument parsing, the commands, the demo. Errors become one sentence here."""

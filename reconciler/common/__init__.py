@@ -1,0 +1,1 @@
+"""Plumbing every stage shares: errors, logs, YAML documents with their schemas, HTTP answers."""

@@ -1,0 +1,1 @@
+"""Talking to MoEngage: request bodies packed to the byte budget, the rate limit, the client."""

@@ -1,0 +1,1 @@
+"""Cohort specs: loading, validating and the rules MoEngage puts on names."""
