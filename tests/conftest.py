@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from reconciler.emulator.process import EmulatorProcess
 from tests.helpers import Repo
+
+if TYPE_CHECKING:
+    from reconciler.state.store import StateStore
 
 WORKSPACE = "WS_TEST_1234"
 API_KEY = "key-s3cr3t-DO-NOT-LOG"
@@ -113,3 +117,12 @@ def state_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     return request.getfixturevalue("postgres_schema")
+
+
+@pytest.fixture
+def state(state_url: str) -> Iterator["StateStore"]:
+    """The state store on each backend of the contract suite."""
+    from reconciler.state.store import StateStore
+    store = StateStore.open(state_url)
+    yield store
+    store.close()

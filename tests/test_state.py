@@ -9,13 +9,6 @@ from reconciler.state.store import SCHEMA_VERSION, RunRecord, StateStore, meta
 from tests.helpers import synced
 
 
-@pytest.fixture
-def state(state_url):
-    store = StateStore.open(state_url)
-    yield store
-    store.close()
-
-
 def test_fresh_database_gets_the_current_schema(state):
     assert state.schema_version() == SCHEMA_VERSION
     assert state.cohorts() == {}
@@ -127,8 +120,27 @@ def test_a_version_1_database_is_upgraded(state_url):
         conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="1"))
     store.close()
     upgraded = StateStore.open(state_url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert upgraded.schema_version() == SCHEMA_VERSION
     assert upgraded.state_version() == 0 and list(synced(upgraded, "c1")) == ["x"]
+    upgraded.close()
+
+
+def test_a_version_2_database_is_upgraded_in_place(state_url):
+    """Version 2 had no pending batches and no unconfirmed count on runs: both are added, nothing is lost."""
+    store = StateStore.open(state_url)
+    store.commit_batch("c1", ".C1", None, "add_members", ["x", "y"])
+    store.record_run(RunRecord("r1", "c1", "converged", started_at=1.0))
+    with store.engine.begin() as conn:  # what a database written by schema version 2 looks like
+        conn.exec_driver_sql("DROP TABLE cs_batches")
+        conn.exec_driver_sql("ALTER TABLE cs_runs DROP COLUMN unconfirmed")
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="2"))
+    store.close()
+    upgraded = StateStore.open(state_url)
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    assert synced(upgraded, "c1") == ["x", "y"] and upgraded.cohort("c1").unconfirmed == 0
+    assert [(r.run_id, r.unconfirmed) for r in upgraded.runs("c1")] == [("r1", 0)]
+    batch = upgraded.begin_batch("c1", ".C1", None, "add_members", ["z"])
+    assert upgraded.cohort("c1").unconfirmed == 1 and upgraded.pending("c1")[0].id == batch
     upgraded.close()
 
 

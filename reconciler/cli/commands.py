@@ -16,6 +16,7 @@ from reconciler.running import render
 from reconciler.moengage.client import MoEngageClient
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.common.errors import CohortSyncError
+from reconciler.common.statuses import Status
 from reconciler.state.leases import held
 from reconciler.planning.plans import BLOCKED, ERROR
 from reconciler.running.progress import Progress, for_terminal
@@ -82,7 +83,7 @@ def plan(args: argparse.Namespace) -> int:
     print({"text": render.plan_text, "json": render.plan_json, "markdown": render.plan_markdown}[args.format](plans))
     if any(p.status in (ERROR, BLOCKED) for p in plans):
         return EXIT_FAILED
-    if args.detailed_exitcode and any(p.adds or p.removes for p in plans if p.status != "suspended"):
+    if args.detailed_exitcode and any(p.adds or p.removes for p in plans if p.status != Status.SUSPENDED):
         return EXIT_CHANGES
     return EXIT_OK
 

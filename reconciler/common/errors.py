@@ -55,9 +55,18 @@ class LeaseHeld(CohortSyncError):
 class Interrupted(CohortSyncError):
     """A shutdown was asked for: stop between batches, nothing half-done."""
 
+    maybe_applied = False  # True when an attempt of the batch in hand got no answer before the shutdown
+
 
 class ApiError(CohortSyncError):
-    """An answer from MoEngage (or no answer at all) that was not a success."""
+    """An answer from MoEngage (or no answer at all) that was not a success.
+
+    `maybe_applied` says whether MoEngage may have applied the batch all the same: False for a
+    definite refusal (4xx), True when no answer came (timeout, dropped connection) or the answer
+    was a server error (MoEngage may have applied it before failing).
+    """
+
+    maybe_applied = False
 
     def __init__(
         self,

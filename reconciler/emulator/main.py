@@ -25,7 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--throttle-rate", type=float, default=0.0, help="fraction answered 429 with Retry-After")
     p.add_argument("--retry-after", type=parse_duration, default=1.0, help="Retry-After of injected 429s (default 1s)")
     p.add_argument("--drop-rate", type=float, default=0.0, help="fraction of connections closed with no answer")
+    p.add_argument("--lose-answer-rate", type=float, default=0.0,
+                   help="fraction applied, then the connection closed with no answer")
     p.add_argument("--latency", type=parse_duration, default=0.0, help="added to every API request, e.g. 50ms")
+    p.add_argument("--answer-latency", type=parse_duration, default=0.0,
+                   help="wait between applying a request and answering it, e.g. 2s")
     p.add_argument("--seed", type=int, help="seed for fault injection, for reproducible runs")
 
 
@@ -33,7 +37,8 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
     config = EmulatorConfig(
         workspace_id=args.workspace_id, api_key=args.api_key, rate_limit=args.rate_limit,
         max_payload_bytes=args.max_payload_bytes, suspended=args.suspended, error_rate=args.error_rate,
-        throttle_rate=args.throttle_rate, drop_rate=args.drop_rate, latency=args.latency,
+        throttle_rate=args.throttle_rate, drop_rate=args.drop_rate, lose_answer_rate=args.lose_answer_rate,
+        latency=args.latency, answer_latency=args.answer_latency,
         retry_after=args.retry_after, seed=args.seed,
     )
     users = load_users(args.users) if args.users else None

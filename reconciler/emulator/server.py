@@ -45,7 +45,9 @@ class EmulatorConfig:
     error_rate: float = 0.0  # fraction answered 500
     throttle_rate: float = 0.0  # fraction answered 429 with Retry-After
     drop_rate: float = 0.0  # fraction whose connection is closed with no answer
+    lose_answer_rate: float = 0.0  # fraction applied, then the connection closed with no answer
     latency: float = 0.0  # seconds added to every API request
+    answer_latency: float = 0.0  # seconds between applying a request and answering it
     retry_after: float = 1.0  # seconds, sent with injected 429s
     seed: int | None = None
 
@@ -151,13 +153,15 @@ class Handler(BaseHTTPRequestHandler):
         if cfg.latency > 0:
             time.sleep(cfg.latency)
         drop = emu.roll(cfg.drop_rate)
-        drop_after = drop and emu.roll(0.5)
+        drop_after = (drop and emu.roll(0.5)) or emu.roll(cfg.lose_answer_rate)
         entry: dict = {"action": None, "cohort_id": None, "members": 0, "bytes": 0}
         try:
             if drop and not drop_after:
                 raise ConnectionAbortedError
             body = self._checked_body(entry)
             self._apply(body)
+            if cfg.answer_latency > 0:
+                time.sleep(cfg.answer_latency)
             if drop_after:
                 raise ConnectionAbortedError
             emu.record(**entry, status=200, elapsed=time.time() - started)

@@ -106,11 +106,15 @@ class MoEngageClient:
             yield part
 
     def _send_with_retries(self, batch: Batch) -> None:
+        """Post until a 200, a definite refusal, or the retries run out; the error that ends it
+        says whether any attempt may have been applied (then the batch's outcome is unknown)."""
         attempt = throttled = 0
+        maybe_applied = False
         while True:
             try:
                 return self._post(batch)
             except TemporaryApiError as exc:
+                maybe_applied = maybe_applied or exc.maybe_applied
                 if exc.status == 429 and throttled < MAX_THROTTLED:
                     throttled += 1
                     self.stats.throttled += 1
@@ -120,16 +124,25 @@ class MoEngageClient:
                     self.stats.retries += 1
                     delay = exc.delay if exc.delay is not None else self._backoff(attempt)
                 else:
+                    exc.maybe_applied = maybe_applied
                     raise
                 log.info("cohort %s: %s; retrying in %.2fs", batch.envelope.cohort_id, exc, delay)
-                self._pause(delay)
+                self._pause(delay, maybe_applied)
+            except ApiError as exc:
+                exc.maybe_applied = maybe_applied  # a refusal now says nothing of an earlier attempt
+                raise
+            except Interrupted as exc:  # waiting for a slot, or about to post
+                exc.maybe_applied = maybe_applied
+                raise
 
-    def _pause(self, delay: float) -> None:
+    def _pause(self, delay: float, maybe_applied: bool) -> None:
         """Sleep before a retry; a shutdown cuts it short."""
         if self._stop is None:
             self._sleep(delay)
         elif self._stop.wait(delay):
-            raise Interrupted("shutting down")
+            stopped = Interrupted("shutting down")
+            stopped.maybe_applied = maybe_applied
+            raise stopped
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
@@ -144,12 +157,16 @@ class MoEngageClient:
                 resp = self._session.post(
                     self.settings.url, data=batch.body, headers=self._headers, timeout=self.settings.timeout
                 )
+            except requests.ConnectTimeout as exc:  # before a byte of the body left
+                self.stats.statuses["timeout"] += 1
+                raise TemporaryApiError(f"timed out connecting after {self.settings.timeout:g}s") from exc
             except requests.Timeout as exc:
                 self.stats.statuses["timeout"] += 1
-                raise TemporaryApiError(f"timed out after {self.settings.timeout:g}s") from exc
+                raise _unanswered(TemporaryApiError(f"timed out after {self.settings.timeout:g}s")) from exc
             except requests.RequestException as exc:
                 self.stats.statuses["error"] += 1
-                raise TemporaryApiError(f"connection failed ({type(exc).__name__})") from exc
+                error = TemporaryApiError(f"connection failed ({type(exc).__name__})")
+                raise (error if _never_connected(exc) else _unanswered(error)) from exc
         self.stats.statuses[str(resp.status_code)] += 1
         self.stats.bytes_sent += len(batch.body)
         if resp.status_code != 200:
@@ -167,9 +184,21 @@ def classify(resp: requests.Response) -> ApiError:
         return FatalApiError(message, **kw)  # type: ignore[arg-type]
     if status == 413:
         return PayloadTooLarge(message, **kw)  # type: ignore[arg-type]
-    if status >= 500 or status == 408:
-        return TemporaryApiError(message, delay=retry_after(resp.headers.get("Retry-After")), **kw)
+    if status >= 500 or status == 408:  # MoEngage may have applied it before failing
+        return _unanswered(TemporaryApiError(message, delay=retry_after(resp.headers.get("Retry-After")), **kw))
     return CohortApiError(message, **kw)  # type: ignore[arg-type]
+
+
+def _unanswered(error: ApiError) -> ApiError:
+    error.maybe_applied = True
+    return error
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """A refused or unresolvable connection: the request never reached MoEngage."""
+    text = repr(exc)
+    return isinstance(exc, requests.ConnectionError) and any(
+        mark in text for mark in ("NewConnectionError", "Connection refused", "NameResolutionError"))
 
 
 def _error_fields(resp: requests.Response) -> tuple[str, str | None, str | None]:

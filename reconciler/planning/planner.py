@@ -21,6 +21,7 @@ from reconciler.common.errors import CohortApiError, SourceError, StateError
 from reconciler.sources.ordering import OutOfOrder, as_text, checked, external_sort
 from reconciler.planning import textdiff
 from reconciler.planning.readahead import ReadAhead, SyncedMembers, synced_members
+from reconciler.planning.unconfirmed import Unconfirmed
 from reconciler.planning.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
 from reconciler.settings.model import Settings
 from reconciler.sources.reading import Engines, FileSource, Source, open_source
@@ -33,10 +34,11 @@ log = logging.getLogger(__name__)
 class Spill:
     """Uids of one action, in order, in a temporary file: counted, sampled, read back once or more."""
 
-    def __init__(self, envelope: Envelope, max_bytes: int) -> None:
+    def __init__(self, envelope: Envelope, max_bytes: int, *, resend: bool = False) -> None:
         self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-plan-")
         self._packer = Packer(envelope, max_bytes)
         self.envelope = envelope
+        self.resend = resend  # uncertain uids whose member rows are already right: settle without writing them
         self.count = 0
         self.samples: list[str] = []
 
@@ -70,14 +72,19 @@ class PreparedPlan:
     plan: CohortPlan
     removes: Spill | None = None
     adds: Spill | None = None
+    re_removes: Spill | None = None  # uncertain uids, not members, not desired
+    re_adds: Spill | None = None  # uncertain uids, members, desired
 
     def spills(self) -> list[Spill]:
-        return [s for s in (self.removes, self.adds) if s is not None and s.count]
+        return [s for s in self._all() if s is not None and s.count]
 
     def close(self) -> None:
-        for spill in (self.removes, self.adds):
+        for spill in self._all():
             if spill is not None:
                 spill.close()
+
+    def _all(self) -> tuple[Spill | None, ...]:
+        return self.removes, self.re_removes, self.adds, self.re_adds
 
 
 class Planner:
@@ -91,8 +98,11 @@ class Planner:
     def plan_cohort(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False) -> PreparedPlan:
         """Diff one cohort's source against its synced members."""
         plan = CohortPlan(spec.id, spec.name, UNCHANGED, description=spec.description, mode=spec.mode,
-                          file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest)
+                          file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest,
+                          unconfirmed=record.unconfirmed if record else 0,
+                          unconfirmed_since=record.unconfirmed_since if record else None)
         prepared = PreparedPlan(plan)
+        uncertain = Unconfirmed([], set())
         try:
             source = open_source(spec, self.engines, self.settings.statement_timeout)
             plan.source_digest = source.digest()
@@ -100,21 +110,30 @@ class Planner:
                 plan.desired = record.synced_count  # type: ignore[union-attr]
                 log.debug("cohort %s: spec and source unchanged since it converged", spec.id)
                 return prepared
-            self._diff(prepared, spec, source, record)
+            uncertain = self.unconfirmed(spec.id, plan.unconfirmed)
+            self._diff(prepared, spec, source, record, uncertain)
         except (SourceError, CohortApiError, StateError, OSError) as exc:  # OSError: a sort, a spill to disk
             prepared.close()
             plan.status, plan.reason = ERROR, f"cannot plan: {exc}" if isinstance(exc, OSError) else \
                 getattr(exc, "message", str(exc))
             plan.adds = plan.removes = plan.requests = 0
             return PreparedPlan(plan)
-        guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals,
-                              desired=plan.desired or 0, synced=plan.synced, removes=plan.removes)
+        guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals, desired=plan.desired or 0,
+                              synced=plan.synced + uncertain.absent, removes=plan.removes)
         verdict(plan, suspended=spec.suspended, guard=guard, force=force)
         return prepared
 
+    def unconfirmed(self, cohort_id: str, count: int) -> Unconfirmed:
+        """The cohort's uncertain uids and which of them are members; nothing is read when there are none."""
+        if not count:
+            return Unconfirmed([], set())
+        uids = self.state.unconfirmed_uids(cohort_id)
+        return Unconfirmed(uids, self.state.present_among(cohort_id, uids))
+
     def plan_orphan(self, record: CohortRecord, *, prune: bool, reason: str | None = None) -> PreparedPlan:
         """A cohort in state whose spec is gone: reported, emptied only when pruning."""
-        plan = CohortPlan(record.id, record.name, ORPHANED, description=record.description, synced=record.synced_count)
+        plan = CohortPlan(record.id, record.name, ORPHANED, description=record.description, synced=record.synced_count,
+                          unconfirmed=record.unconfirmed, unconfirmed_since=record.unconfirmed_since)
         prepared = PreparedPlan(plan)
         if not prune:
             plan.reason = reason or "its spec is gone; members left as they are (prune to empty it)"
@@ -122,12 +141,17 @@ class Planner:
         prepared.removes = self._spill("remove_members", plan)
         for chunk in self.state.synced_chunks(record.id):
             prepared.removes.write(chunk)
-        plan.desired, plan.removes = 0, prepared.removes.count
-        plan.requests, plan.sample_removes = prepared.removes.requests, prepared.removes.samples
+        uncertain = self.unconfirmed(record.id, record.unconfirmed)
+        prepared.re_removes = self._spill("remove_members", plan, resend=True)
+        prepared.re_removes.write([u for u in uncertain.uids if u not in uncertain.present])
+        plan.desired, plan.removes = 0, prepared.removes.count + prepared.re_removes.count
+        plan.requests = prepared.removes.requests + prepared.re_removes.requests
+        plan.sample_removes = (prepared.removes.samples + prepared.re_removes.samples)[:SAMPLES]
         plan.reason = "its spec is gone; pruning empties it"
         return prepared
 
-    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None) -> None:
+    def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None,
+              uncertain: Unconfirmed) -> None:
         """Diff with both cores for a big cohort: a helper reads the state, GNU comm compares."""
         synced: SyncedMembers | None = None
         try:  # from before the helper starts, so that even Ctrl-C on the next line stops it
@@ -138,44 +162,45 @@ class Planner:
                       "by a helper process" if isinstance(synced, ReadAhead) else "here", "comm" if tools else "Python")
             with gc_paused():
                 try:
-                    self._diff_in_order(prepared, spec, source, synced, tools)
+                    self._diff_in_order(prepared, spec, source, synced, tools, uncertain)
                 except textdiff.ToolFailed as exc:
                     log.warning("cohort %s: %s; diffing it in Python instead", spec.id, exc)
                     prepared.close()
-                    self._diff_in_order(prepared, spec, source, synced, tools=False)
+                    self._diff_in_order(prepared, spec, source, synced, False, uncertain.fresh())
         finally:
             if synced is not None:
                 synced.close()
 
     def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, synced: SyncedMembers,
-                       tools: bool) -> None:
+                       tools: bool, uncertain: Unconfirmed) -> None:
         """Stream the source as it comes; if it is not in order, sort it and diff again.
 
         With the GNU tools, a plain file goes to them as it is, never read here uid by uid.
         """
         if tools and isinstance(source, FileSource) and source.plain_ascii():
-            return self._spill_diff(prepared, spec, str(source.path), synced, tools)
+            return self._spill_diff(prepared, spec, str(source.path), synced, tools, uncertain)
         try:
-            return self._spill_diff(prepared, spec, checked(source.chunks()), synced, tools)
+            return self._spill_diff(prepared, spec, checked(source.chunks()), synced, tools, uncertain)
         except OutOfOrder as exc:
             log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
             prepared.close()
         if tools and not self.digest_desired:  # sort -u orders it on its way to comm (a digest needs it in order)
-            return self._spill_diff(prepared, spec, source.chunks(), synced, tools, unsorted=True)
+            return self._spill_diff(prepared, spec, source.chunks(), synced, tools, uncertain.fresh(), unsorted=True)
         presorted = getattr(source, "sorted_by_tool", lambda: None)()
         if presorted is not None:
             try:
-                return self._spill_diff(prepared, spec, checked(presorted), synced, tools)
+                return self._spill_diff(prepared, spec, checked(presorted), synced, tools, uncertain.fresh())
             except (OutOfOrder, SourceError) as exc:
                 log.debug("cohort %s: sorting the file as is did not do (%s); sorting it uid by uid", spec.id, exc)
                 prepared.close()
-        self._spill_diff(prepared, spec, external_sort(source.chunks()), synced, tools)
+        self._spill_diff(prepared, spec, external_sort(source.chunks()), synced, tools, uncertain.fresh())
 
     def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]] | str,
-                    synced: SyncedMembers, tools: bool, *, unsorted: bool = False) -> None:
+                    synced: SyncedMembers, tools: bool, uncertain: Unconfirmed, *, unsorted: bool = False) -> None:
         """Diff desired (sorted chunks, chunks in any order for the tools, or a plain file's path)
         against synced, into the spills."""
         plan = prepared.plan
+        prepared.re_adds = prepared.re_removes = None  # from an attempt that started over
         prepared.adds = adds = self._spill("add_members", plan)
         prepared.removes = removes = self._spill("remove_members", plan)
         tally = Tally()
@@ -194,16 +219,33 @@ class Planner:
             adds.write(added)
             if mirror:
                 removes.write(removed)
+            if uncertain:
+                uncertain.note(added, removed)
         plan.desired, plan.synced = tally.desired, tally.synced
         if digest is not None:
             plan.desired_digest = digest.hexdigest()
-        plan.adds, plan.removes = adds.count, removes.count
-        plan.requests = adds.requests + removes.requests
-        plan.sample_adds, plan.sample_removes = adds.samples, removes.samples
+        self._spill_resends(prepared, uncertain, mirror)
+        spills = prepared.spills()
+        plan.adds = sum(s.count for s in spills if s.envelope.action == "add_members")
+        plan.removes = sum(s.count for s in spills if s.envelope.action == "remove_members")
+        plan.requests = sum(s.requests for s in spills)
+        plan.sample_adds = (adds.samples + (prepared.re_adds.samples if prepared.re_adds else []))[:SAMPLES]
+        plan.sample_removes = (removes.samples + (prepared.re_removes.samples if prepared.re_removes else []))[:SAMPLES]
 
-    def _spill(self, action: str, plan: CohortPlan) -> Spill:
+    def _spill_resends(self, prepared: PreparedPlan, uncertain: Unconfirmed, mirror: bool) -> None:
+        """Uncertain uids the diff did not cover; in add_only the undesired ones just stay uncertain."""
+        if not uncertain:
+            return
+        re_adds, re_removes = uncertain.resends()
+        prepared.re_adds = self._spill("add_members", prepared.plan, resend=True)
+        prepared.re_adds.write(re_adds)
+        if mirror:
+            prepared.re_removes = self._spill("remove_members", prepared.plan, resend=True)
+            prepared.re_removes.write(re_removes)
+
+    def _spill(self, action: str, plan: CohortPlan, *, resend: bool = False) -> Spill:
         envelope = self.envelope(action, plan.id, plan.name, plan.description)
-        return Spill(envelope, self.settings.moengage.max_payload_bytes)
+        return Spill(envelope, self.settings.moengage.max_payload_bytes, resend=resend)
 
 
 def _hashing(chunks: Iterable[list[str]], digest: "hashlib._Hash") -> Iterator[list[str]]:

@@ -9,10 +9,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.common.statuses import Status
 from reconciler.specs.cohorts import MaxRemovals
 
 UNCHANGED, CHANGED, BLOCKED, ERROR, SUSPENDED, ORPHANED = (
-    "unchanged", "changed", "blocked", "error", "suspended", "orphaned")
+    Status.UNCHANGED, Status.CHANGED, Status.BLOCKED, Status.ERROR, Status.SUSPENDED, Status.ORPHANED)
 SAMPLES = 5  # sample uids shown per action
 
 
@@ -22,7 +23,7 @@ class CohortPlan:
 
     id: str
     name: str
-    status: str
+    status: Status
     description: str | None = None
     mode: str = "mirror"
     file: str | None = None
@@ -31,6 +32,8 @@ class CohortPlan:
     adds: int = 0
     removes: int = 0
     requests: int = 0
+    unconfirmed: int = 0  # uids of batches whose answer never came; the plan re-sends what settles them
+    unconfirmed_since: float | None = None  # when the oldest of those batches was sent
     reason: str | None = None
     forced: bool = False
     sample_adds: list[str] = field(default_factory=list)
@@ -48,15 +51,16 @@ class CohortPlan:
         return {
             "id": self.id, "name": self.name, "status": self.status, "mode": self.mode, "file": self.file,
             "desired": self.desired, "synced": self.synced, "adds": self.adds, "removes": self.removes,
-            "requests": self.requests, "reason": self.reason, "forced": self.forced,
+            "requests": self.requests, "unconfirmed": self.unconfirmed, "unconfirmed_since": self.unconfirmed_since,
+            "reason": self.reason, "forced": self.forced,
             "sample_adds": self.sample_adds, "sample_removes": self.sample_removes,
         }
 
 
 def fingerprint(plan: CohortPlan) -> str:
     """What a saved plan promises about one cohort: same inputs, same changes."""
-    parts = (plan.status, plan.spec_digest, plan.source_digest or plan.desired_digest, plan.synced, plan.adds,
-             plan.removes, plan.mode)
+    parts = (str(plan.status), plan.spec_digest, plan.source_digest or plan.desired_digest, plan.synced, plan.adds,
+             plan.removes, plan.mode, plan.unconfirmed)
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 

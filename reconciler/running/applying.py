@@ -1,8 +1,11 @@
-"""Executing one cohort's plan: batch by batch, each acknowledged batch committed at once.
+"""Executing one cohort's plan: each batch written down as pending, sent, then settled.
 
 This is the only code that both sends and writes state. The order is the whole safety story:
-a batch goes out, a 200 comes back, its members are committed in one transaction, then the
-next batch. A crash anywhere re-sends at most the batch in flight.
+the batch is recorded as pending (one transaction), it goes out, and its answer settles it
+(one transaction): a 200 writes its members, a definite refusal drops the record, and no
+answer at all (a timeout, a dropped connection, 5xx after the last retry, a crash or SIGKILL
+in flight) leaves it pending, so the next plan knows those uids are uncertain and re-sends
+whatever makes MoEngage certain again.
 """
 from __future__ import annotations
 
@@ -14,14 +17,14 @@ from dataclasses import dataclass
 from reconciler.moengage.batching import pack
 from reconciler.moengage.client import MoEngageClient
 from reconciler.common.errors import ApiError, FatalApiError, Interrupted, StateError
-from reconciler.planning.planner import PreparedPlan
-from reconciler.planning.plans import ORPHANED, CohortPlan
+from reconciler.common.statuses import Status
+from reconciler.moengage.batching import Batch
+from reconciler.planning.planner import PreparedPlan, Spill
+from reconciler.planning.plans import CohortPlan
 from reconciler.running.progress import NoProgress, Progress
 from reconciler.state.store import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
-
-CONVERGED, FAILED, PRUNED, INTERRUPTED = "converged", "failed", "pruned", "interrupted"
 
 
 @dataclass
@@ -29,7 +32,7 @@ class CohortOutcome:
     """What happened to one cohort in one run."""
 
     plan: CohortPlan
-    result: str  # converged, pruned, failed, stopped, or the plan's status when nothing was sent
+    result: Status  # converged, pruned, failed, unconfirmed, interrupted, or the plan's status when nothing was sent
     sent_adds: int = 0
     sent_removes: int = 0
     requests: int = 0
@@ -37,56 +40,52 @@ class CohortOutcome:
     throttled: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    unconfirmed: int = 0  # uids of the batch whose answer never came
     error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.result not in ("failed", "blocked", "error", "stopped", "stale")
+        return self.result.ok
 
     def as_json(self) -> dict:
         return {**self.plan.as_json(), "result": self.result, "sent_adds": self.sent_adds,
                 "sent_removes": self.sent_removes, "requests_sent": self.requests, "retries": self.retries,
                 "throttled": self.throttled, "bytes": self.bytes, "seconds": round(self.seconds, 3),
-                "error": self.error}
+                "unconfirmed_sent": self.unconfirmed, "error": self.error}
 
 
 def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, run: RunRecord,
             stop: threading.Event | None = None, progress: Progress | None = None) -> CohortOutcome:
     """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop.
 
-    `stop` is looked at before each batch: a shutdown finishes the batch in flight, commits it,
+    `stop` is looked at before each batch: a shutdown lets the batch in flight finish and settle,
     and leaves the rest for the next run.
     """
     plan = prepared.plan
-    outcome = CohortOutcome(plan, FAILED)
+    outcome = CohortOutcome(plan, Status.FAILED)
     stats = client.stats
     start = (stats.requests, stats.retries, stats.throttled, stats.bytes_sent, time.monotonic())
     progress = progress or NoProgress()
     progress.start(plan)
     try:
         for spill in prepared.spills():
-            action = spill.envelope.action
             for batch in pack(spill.envelope, spill, client.settings.max_payload_bytes):
                 if stop is not None and stop.is_set():
                     raise Interrupted("shutting down")
-                for part in client.send(batch):
-                    state.commit_batch(plan.id, plan.name, plan.description, action, part.uids)
-                    if action == "add_members":
-                        outcome.sent_adds += len(part.uids)
-                    else:
-                        outcome.sent_removes += len(part.uids)
-                    progress.advance(len(part.uids))
-                    log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.id, action, len(part.uids),
-                             len(part.body))
-        outcome.result = PRUNED if plan.status == ORPHANED else CONVERGED
+                _send(batch, spill, client, state, run, outcome, progress)
+        outcome.result = Status.PRUNED if plan.status == Status.ORPHANED else Status.CONVERGED
     except FatalApiError as exc:
         outcome.error = str(exc)
         raise
     except Interrupted:
-        outcome.result, outcome.error = INTERRUPTED, "stopped by a shutdown; the next run sends the rest"
+        outcome.result, outcome.error = Status.INTERRUPTED, "stopped by a shutdown; the next run sends the rest"
     except (ApiError, StateError) as exc:
         outcome.error = str(exc)
-        log.error("cohort %s: %s", plan.id, exc)
+        if outcome.unconfirmed:
+            outcome.result = Status.UNCONFIRMED
+            outcome.error = (f"{outcome.unconfirmed:,} uids sent with no answer ({exc}); "
+                             "the next plan re-sends what settles them")
+        log.error("cohort %s: %s", plan.id, outcome.error)
     finally:
         progress.finish()
         outcome.requests = stats.requests - start[0]
@@ -96,6 +95,33 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
     return outcome
 
 
+def _send(batch: Batch, spill: Spill, client: MoEngageClient, state: StateStore, run: RunRecord,
+          outcome: CohortOutcome, progress: Progress) -> None:
+    """Pending before send, settled on answer; a batch that may have been applied stays pending."""
+    plan, action = outcome.plan, spill.envelope.action
+    batch_id = state.begin_batch(plan.id, plan.name, plan.description, action, list(batch.uids), run.run_id,
+                                 take_over=plan.unconfirmed > 0)
+    settled = 0
+    try:
+        for part in client.send(batch):  # parts only after a 413 split, in order
+            settled += len(part.uids)
+            state.settle_batch(batch_id, plan.id, action, list(part.uids), remaining=list(batch.uids[settled:]),
+                               write_members=not spill.resend)
+            if action == "add_members":
+                outcome.sent_adds += len(part.uids)
+            else:
+                outcome.sent_removes += len(part.uids)
+            progress.advance(len(part.uids))
+            log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.id, action, len(part.uids),
+                     len(part.body))
+    except (ApiError, Interrupted) as exc:
+        if exc.maybe_applied:
+            outcome.unconfirmed += len(batch.uids) - settled
+        else:
+            state.refuse_batch(batch_id)
+        raise
+
+
 def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome) -> None:
     """Write the run row and the cohort's outcome; a pruned orphan is forgotten."""
     plan = outcome.plan
@@ -103,15 +129,16 @@ def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome) -> None:
     run.sent_adds, run.sent_removes, run.requests = outcome.sent_adds, outcome.sent_removes, outcome.requests
     run.retries, run.throttled, run.bytes = outcome.retries, outcome.throttled, outcome.bytes
     run.failed = (plan.adds - outcome.sent_adds) + (plan.removes - outcome.sent_removes)
+    run.unconfirmed = outcome.unconfirmed
     try:
         state.record_run(run)
-        if outcome.result == PRUNED:
+        if outcome.result == Status.PRUNED:
             state.forget(plan.id)
-        elif outcome.result == CONVERGED:
-            state.record_outcome(plan.id, plan.name, plan.description, status=CONVERGED, converged=True,
+        elif outcome.result == Status.CONVERGED:
+            state.record_outcome(plan.id, plan.name, plan.description, status=Status.CONVERGED, converged=True,
                                  spec_digest=plan.spec_digest, source_digest=plan.source_digest)
             log.info("cohort %s: converged (+%d -%d)", plan.id, outcome.sent_adds, outcome.sent_removes)
         else:
             state.record_outcome(plan.id, plan.name, plan.description, status=outcome.result, error=outcome.error)
     except StateError as exc:
-        outcome.result, outcome.error = FAILED, f"{outcome.error or ''} {exc}".strip()
+        outcome.result, outcome.error = Status.FAILED, f"{outcome.error or ''} {exc}".strip()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from reconciler.running.applying import CohortOutcome, execute
 from reconciler.moengage.client import MoEngageClient
 from reconciler.common.errors import FatalApiError
+from reconciler.common.statuses import Status
 from reconciler.planning.planner import Planner, PreparedPlan
 from reconciler.running.progress import Progress
 from reconciler.planning.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan, fingerprint
@@ -96,7 +97,7 @@ class Reconciler:
         for prepared in self.prepare(specs, only, force=force, prune=prune, records=records):
             try:
                 if expected is not None and fingerprint(prepared.plan) != expected.get(prepared.plan.id):
-                    report.outcomes.append(CohortOutcome(prepared.plan, "stale", error=STALE))
+                    report.outcomes.append(CohortOutcome(prepared.plan, Status.STALE, error=STALE))
                     continue
                 report.outcomes.append(self._apply_one(prepared, records, report, trigger))
             finally:
@@ -114,24 +115,24 @@ class Reconciler:
             self._note_idle(plan, records.get(plan.id), report.dry_run)
             return CohortOutcome(plan, plan.status, error=plan.reason if plan.status == ERROR else None)
         assert self.client is not None, "apply needs a client"
-        run = RunRecord(report.run_id, plan.id, "running", time.time(), trigger,
+        run = RunRecord(report.run_id, plan.id, Status.RUNNING, time.time(), trigger,
                         planned_adds=plan.adds, planned_removes=plan.removes)
         try:
             return execute(prepared, self.client, self.state, run, self.stop, self.progress)
         except FatalApiError as exc:
             report.stopped = f"MoEngage refused the credentials or the account: {exc}"
             log.error("run stopped: %s", exc)
-            return CohortOutcome(plan, "failed", error=str(exc))
+            return CohortOutcome(plan, Status.FAILED, error=str(exc))
 
     def _note_idle(self, plan: CohortPlan, record: CohortRecord | None, dry_run: bool) -> None:
         """Record what changed in a cohort's standing without sending; steady state writes nothing."""
         if dry_run or plan.spec_digest is None:
             return
         if plan.status == UNCHANGED:
-            settled = (record is not None and record.converged and record.last_status == "converged"
+            settled = (record is not None and record.converged and record.last_status == Status.CONVERGED
                        and record.spec_digest == plan.spec_digest and record.source_digest == plan.source_digest)
             if not settled:
-                self.state.record_outcome(plan.id, plan.name, plan.description, status="converged", converged=True,
+                self.state.record_outcome(plan.id, plan.name, plan.description, status=Status.CONVERGED, converged=True,
                                           spec_digest=plan.spec_digest, source_digest=plan.source_digest)
         elif plan.status not in (CHANGED, ORPHANED) and (record is None or record.last_status != plan.status
                                                          or record.last_error != plan.reason):

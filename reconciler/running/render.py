@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from reconciler.common.statuses import Status
 from reconciler.planning.plans import CohortPlan, totals
 from reconciler.running.reconciling import RunReport
 from reconciler.state.store import CohortRecord, RunRecord
@@ -27,6 +28,8 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
         lines.append(f"{_MARK.get(p.status, ' ')} {p.id:<{width}}  {p.status:<9}  {_counts(p)}")
         if p.reason:
             lines.append(f"    {p.reason}")
+        if p.unconfirmed:
+            lines.append(f"    {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}")
         if p.sample_adds and p.status != "unchanged":
             lines.append(f"    + {', '.join(p.sample_adds)}{' ...' if p.adds > len(p.sample_adds) else ''}")
         if p.sample_removes and p.status != "unchanged":
@@ -49,6 +52,11 @@ def _counts(p: CohortPlan) -> str:
     return f"desired {desired}, synced {p.synced:,}, +{p.adds:,} -{p.removes:,}, {p.requests:,} requests"
 
 
+def _unconfirmed(count: int, since: float | None) -> str:
+    return (f"{count:,} uids unconfirmed (sent {_when(since)} with no answer): "
+            "the plan re-sends whatever settles them")
+
+
 def plan_json(plans: Sequence[CohortPlan]) -> str:
     doc = {"format_version": FORMAT_VERSION, "cohorts": [p.as_json() for p in plans], "totals": totals(list(plans))}
     return json.dumps(doc, indent=2, ensure_ascii=False)
@@ -61,7 +69,11 @@ def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT
             "|---|---|---:|---:|---:|---:|---:|---|"]
     for p in plans:
         desired = "?" if p.desired is None else f"{p.desired:,}"
-        note = _md_cell(("passed" if p.status == "changed" and not p.forced else p.reason) or "")
+        note = ("passed" if p.status == "changed" and not p.forced else p.reason) or ""
+        if p.unconfirmed:
+            note = f"{note}; {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}" if note else \
+                _unconfirmed(p.unconfirmed, p.unconfirmed_since)
+        note = _md_cell(note)
         head.append(f"| `{p.id}` | {p.status} | {desired} | {p.synced:,} | +{p.adds:,} | -{p.removes:,} | {p.requests:,} | {note} |")
     details = []
     for p in plans:
@@ -86,7 +98,7 @@ def report_text(report: RunReport) -> str:
     lines.append(f"  {'cohort':<{width}}  {'result':<10} {'added':>10} {'removed':>10} {'requests':>9}")
     for o in report.outcomes:
         lines.append(f"  {o.plan.id:<{width}}  {o.result:<10} {o.sent_adds:>10,} {o.sent_removes:>10,} {o.requests:>9,}")
-        if o.error or (o.plan.reason and o.result in ("blocked", "error", "orphaned", "suspended")):
+        if o.error or (o.plan.reason and o.result in (Status.BLOCKED, Status.ERROR, Status.ORPHANED, Status.SUSPENDED)):
             lines.append(f"  {'':<{width}}  {o.error or o.plan.reason}")
     if report.stopped:
         lines.append(f"\nStopped: {report.stopped}")
@@ -114,7 +126,9 @@ def _when(ts: float | None) -> str:
 def status_rows(records: dict[str, CohortRecord]) -> list[dict[str, Any]]:
     return [{"id": r.id, "name": r.name, "synced": r.synced_count, "converged": r.converged,
              "last_status": r.last_status, "last_run": _when(r.last_run_at), "last_success": _when(r.last_success_at),
-             "last_error": r.last_error} for r in records.values()]
+             "last_error": r.last_error, "unconfirmed": r.unconfirmed,
+             "unconfirmed_since": _when(r.unconfirmed_since) if r.unconfirmed_since else None}
+            for r in records.values()]
 
 
 def status_text(records: dict[str, CohortRecord]) -> str:
@@ -127,6 +141,9 @@ def status_text(records: dict[str, CohortRecord]) -> str:
         out.append(f"{r['id']:<{width}}  {r['synced']:>10,}  {r['last_status'] or '-':<10}  {r['last_run']}")
         if r["last_error"]:
             out.append(f"{'':<{width}}  {r['last_error']}")
+        if r["unconfirmed"]:
+            out.append(f"{'':<{width}}  {r['unconfirmed']:,} uids unconfirmed since {r['unconfirmed_since']}: "
+                       "the next plan settles them")
     return "\n".join(out)
 
 
@@ -141,6 +158,8 @@ def history_text(runs: list[RunRecord]) -> str:
     for r in runs:
         out.append(f"{_when(r.started_at):<20}  {r.run_id:<12}  {r.cohort_id:<24}  {r.status:<10} "
                    f"{r.sent_adds:>9,} {r.sent_removes:>9,} {r.requests:>6,} {r.retries:>5}")
+        if r.unconfirmed:
+            out.append(f"{'':<20}  {r.unconfirmed:,} uids sent with no answer; a later plan settles them")
         if r.error:
             out.append(f"{'':<20}  {r.error}")
     return "\n".join(out)

@@ -1,13 +1,18 @@
-"""The state database: what MoEngage acknowledged, per cohort, and the history of runs.
+"""The state database: per cohort, what MoEngage has, lacks or might have; and the runs.
 
-SQLAlchemy Core on any URL; SQLite (WAL) by default, PostgreSQL for HA. It records only what a
-200 confirmed, one transaction per batch, so a crash loses at most the batch in flight. Member
-uids sort in code-point order on every backend (binary collation), as the merge diff needs.
+SQLAlchemy Core on any URL; SQLite (WAL) by default, PostgreSQL for HA. `cs_members` holds the
+members MoEngage confirmed. Every batch is written to `cs_batches` as pending before it is sent
+and settled when its answer comes (one transaction each): a 200 moves its uids into or out of
+`cs_members`, a definite refusal drops it, and a batch whose answer never came (a timeout, a
+dropped connection, a crash or SIGKILL mid-flight) stays, so its uids are known to be uncertain
+and the next plan re-sends them. Each uid is pending in at most one batch of its cohort: a new
+batch takes over the uids it re-sends from older ones in the same transaction. Member uids sort
+in code-point order on every backend (binary collation), as the merge diff needs.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from reconciler.sources.cursors import streaming_cursor
 from reconciler.common.errors import StateError, short_message
 from reconciler.sources.ordering import OutOfOrder, checked
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 READ_ROWS = 20_000  # members fetched per round trip
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # DBAPI paramstyle -> positional mark
 
@@ -63,9 +68,21 @@ runs = sa.Table(
     sa.Column("bytes", sa.BigInteger, nullable=False, default=0),
     sa.Column("retries", sa.Integer, nullable=False, default=0),
     sa.Column("throttled", sa.Integer, nullable=False, default=0),
+    sa.Column("unconfirmed", sa.BigInteger, nullable=False, default=0),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("error", sa.Text),
+)
+batches = sa.Table(  # pending: sent (or about to be) with no answer yet; see the module docstring
+    "cs_batches", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("cohort_id", sa.String(128), nullable=False, index=True),
+    sa.Column("action", sa.String(16), nullable=False),  # add_members, remove_members, or unknown (refused, but
+    sa.Column("count", sa.Integer, nullable=False),      # it had taken over uids that were already uncertain)
+    sa.Column("uids", sa.LargeBinary, nullable=False),  # ascending, newline-joined UTF-8: one row, not one per uid
+    sa.Column("carried", sa.LargeBinary),  # the uids it took over from older pending batches
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("sent_at", sa.Float, nullable=False),
 )
 leases = sa.Table(
     "cs_leases", metadata,
@@ -76,10 +93,20 @@ leases = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),
 )
 
-# version -> statements that bring the previous version up to it; append, never edit
-MIGRATIONS: dict[int, list[str]] = {
+def _add_column(table: str, column: str, ddl: str) -> Callable[[sa.Connection], None]:
+    def step(conn: sa.Connection) -> None:
+        if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+    return step
+
+
+# version -> steps that bring the previous version up to it (new tables come from create_all);
+# append, never edit
+MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     2: ["INSERT INTO cs_meta (key, value) VALUES ('state_version', '0')"],  # saved plans check it
+    3: [_add_column("cs_runs", "unconfirmed", "BIGINT NOT NULL DEFAULT 0")],  # and the cs_batches table
 }
+UNKNOWN = "unknown"  # a pending batch's action once only its taken-over uids remain uncertain
 
 
 @dataclass(frozen=True)
@@ -95,6 +122,21 @@ class CohortRecord:
     last_success_at: float | None
     last_status: str | None
     last_error: str | None
+    unconfirmed: int = 0  # uids of batches whose answer never came
+    unconfirmed_since: float | None = None  # when the oldest of those batches was sent
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A batch written down before it was sent; `uids` ascending."""
+
+    id: int
+    cohort_id: str
+    action: str
+    uids: list[str]
+    carried: list[str]
+    run_id: str | None
+    sent_at: float
 
 
 @dataclass
@@ -115,6 +157,7 @@ class RunRecord:
     bytes: int = 0
     retries: int = 0
     throttled: int = 0
+    unconfirmed: int = 0  # uids of a batch sent with no answer
     finished_at: float | None = None
     error: str | None = None
 
@@ -180,7 +223,7 @@ class StateStore:
                                  f"cohortsync understands ({SCHEMA_VERSION}): upgrade cohortsync")
             for step in range(version + 1, SCHEMA_VERSION + 1) if version else ():
                 for statement in MIGRATIONS.get(step, []):
-                    conn.exec_driver_sql(statement)
+                    conn.exec_driver_sql(statement) if isinstance(statement, str) else statement(conn)
             if version == 0:
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
                 conn.execute(meta.insert().values(key="state_version", value="0"))
@@ -198,14 +241,39 @@ class StateStore:
 
     # --- reads -------------------------------------------------------------------------
     def cohort(self, cohort_id: str) -> CohortRecord | None:
-        with self._connect() as conn:
-            row = conn.execute(sa.select(cohorts).where(cohorts.c.id == cohort_id)).first()
-        return CohortRecord(**row._mapping) if row else None
+        return self._records(cohorts.c.id == cohort_id).get(cohort_id)
 
     def cohorts(self) -> dict[str, CohortRecord]:
+        return self._records(sa.true())
+
+    def _records(self, where: Any) -> dict[str, CohortRecord]:
+        """Cohort rows with their unconfirmed counts (pending batches are disjoint, so a sum is exact)."""
+        pending = (sa.select(batches.c.cohort_id, sa.func.sum(batches.c.count), sa.func.min(batches.c.sent_at))
+                   .group_by(batches.c.cohort_id))
         with self._connect() as conn:
-            rows = conn.execute(sa.select(cohorts).order_by(cohorts.c.id)).all()
-        return {r.id: CohortRecord(**r._mapping) for r in rows}
+            rows = conn.execute(sa.select(cohorts).where(where).order_by(cohorts.c.id)).all()
+            unconfirmed = {cid: (int(n), since) for cid, n, since in conn.execute(pending)}
+        return {r.id: CohortRecord(**r._mapping, unconfirmed=unconfirmed.get(r.id, (0, None))[0],
+                                   unconfirmed_since=unconfirmed.get(r.id, (0, None))[1]) for r in rows}
+
+    def pending(self, cohort_id: str) -> list[PendingBatch]:
+        """The cohort's batches whose answer never came, oldest first."""
+        with self._connect() as conn:
+            rows = conn.execute(sa.select(batches).where(batches.c.cohort_id == cohort_id).order_by(batches.c.id)).all()
+        return [_pending(r) for r in rows]
+
+    def unconfirmed_uids(self, cohort_id: str) -> list[str]:
+        """Every uid MoEngage might have or lack, ascending (held in memory: a batch or so per failed run)."""
+        return sorted(u for batch in self.pending(cohort_id) for u in batch.uids)
+
+    def present_among(self, cohort_id: str, uids: list[str]) -> set[str]:
+        """Which of these uids the state records as members."""
+        found: set[str] = set()
+        with self._connect() as conn:
+            for i in range(0, len(uids), 500):
+                found.update(conn.execute(sa.select(members.c.uid).where(
+                    members.c.cohort_id == cohort_id, members.c.uid.in_(uids[i:i + 500]))).scalars())
+        return found
 
     def synced_chunks(self, cohort_id: str) -> Iterator[list[str]]:
         """The acknowledged members, sorted in code-point order, streamed in lists."""
@@ -244,8 +312,74 @@ class StateStore:
         return [RunRecord(**{k: v for k, v in r._mapping.items() if k != "id"}) for r in rows]
 
     # --- writes ------------------------------------------------------------------------
+    def begin_batch(self, cohort_id: str, name: str, description: str | None, action: str, uids: list[str],
+                    run_id: str | None = None, *, take_over: bool = False) -> int:
+        """Write a batch down as pending before it is sent; returns its id for settling.
+
+        With `take_over` (the plan re-sends uncertain uids), the uids this batch re-sends leave
+        the older pending batches in the same transaction: a uid is pending in one batch at most.
+        """
+        with self._begin() as conn:
+            self._ensure_cohort(conn, cohort_id, name, description)
+            carried = self._take_over(conn, cohort_id, set(uids)) if take_over else []
+            batch_id = conn.execute(batches.insert().values(
+                cohort_id=cohort_id, action=action, count=len(uids), uids=_encode(uids),
+                carried=_encode(sorted(carried)) if carried else None, run_id=run_id, sent_at=time.time(),
+            )).inserted_primary_key[0]
+            conn.execute(cohorts.update().where(cohorts.c.id == cohort_id).values(converged=False))
+            _bump_state_version(conn)
+        return int(batch_id)
+
+    def _take_over(self, conn: sa.Connection, cohort_id: str, uids: set[str]) -> list[str]:
+        taken: list[str] = []
+        for row in conn.execute(sa.select(batches).where(batches.c.cohort_id == cohort_id)).all():
+            batch = _pending(row)
+            if any(u in uids for u in batch.uids):
+                taken.extend(u for u in batch.uids if u in uids)
+                _shrink(conn, batch, [u for u in batch.uids if u not in uids])
+        return taken
+
+    def settle_batch(self, batch_id: int, cohort_id: str, action: str, uids: list[str], *,
+                     remaining: list[str] | None = None, write_members: bool = True) -> None:
+        """A 200 for `uids` (the whole batch, or one part of a split one): members and the
+        pending record change together, in one transaction.
+
+        `write_members` is False for a re-sent batch whose uids the members table already has
+        right (a re-add of a member, a re-remove of a non-member): only the pending record goes.
+        """
+        with self._begin() as conn:
+            if write_members and uids:
+                self._write_members(conn, action, [(cohort_id, u) for u in uids])
+                delta = len(uids) if action == "add_members" else -len(uids)
+                conn.execute(cohorts.update().where(cohorts.c.id == cohort_id).values(
+                    synced_count=cohorts.c.synced_count + delta, last_run_at=time.time()))
+            if remaining:
+                row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).first()
+                if row is not None:
+                    _shrink(conn, _pending(row), remaining)
+            else:
+                conn.execute(batches.delete().where(batches.c.id == batch_id))
+            _bump_state_version(conn)
+
+    def refuse_batch(self, batch_id: int) -> None:
+        """A definite refusal (400, 401, 403, 413, 415, 429): MoEngage did not apply the batch.
+
+        The uids it had taken over from older unanswered batches stay uncertain.
+        """
+        with self._begin() as conn:
+            row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).first()
+            if row is None:
+                return
+            batch = _pending(row)
+            if batch.carried:
+                conn.execute(batches.update().where(batches.c.id == batch_id).values(
+                    action=UNKNOWN, uids=_encode(batch.carried), count=len(batch.carried), carried=None))
+            else:
+                conn.execute(batches.delete().where(batches.c.id == batch_id))
+            _bump_state_version(conn)
+
     def commit_batch(self, cohort_id: str, name: str, description: str | None, action: str, uids: Iterable[str]) -> None:
-        """Record one acknowledged batch, members and count together, in one transaction."""
+        """Record a batch MoEngage acknowledged, with no pending record (state copies, tests, benchmarks)."""
         rows = [(cohort_id, u) for u in uids]
         if not rows:
             return
@@ -279,7 +413,8 @@ class StateStore:
     ) -> None:
         """The end of a cohort's run: its status, and the digests it converged on."""
         now = time.time()
-        values: dict[str, Any] = {"last_run_at": now, "last_status": status, "last_error": error, "converged": converged}
+        values: dict[str, Any] = {"last_run_at": now, "last_status": str(status), "last_error": error,
+                                  "converged": converged}
         if converged:
             values.update(spec_digest=spec_digest, source_digest=source_digest, last_success_at=now, name=name,
                           description=description)
@@ -289,12 +424,13 @@ class StateStore:
 
     def record_run(self, run: RunRecord) -> None:
         with self._begin() as conn:
-            conn.execute(runs.insert().values(**vars(run)))
+            conn.execute(runs.insert().values(**{**vars(run), "status": str(run.status)}))
 
     def forget(self, cohort_id: str) -> None:
         """Drop an emptied orphan's record once nothing of it remains in MoEngage."""
         with self._begin() as conn:
             conn.execute(members.delete().where(members.c.cohort_id == cohort_id))
+            conn.execute(batches.delete().where(batches.c.cohort_id == cohort_id))
             conn.execute(cohorts.delete().where(cohorts.c.id == cohort_id))
             _bump_state_version(conn)
 
@@ -310,6 +446,30 @@ class StateStore:
 
     def _begin(self) -> "_Wrapped":
         return _Wrapped(self.engine.begin)
+
+
+def _encode(uids: list[str]) -> bytes:
+    return "\n".join(uids).encode("utf-8")
+
+
+def _decode(blob: bytes | None) -> list[str]:
+    return bytes(blob).decode("utf-8").split("\n") if blob else []
+
+
+def _pending(row: Any) -> PendingBatch:
+    return PendingBatch(row.id, row.cohort_id, row.action, _decode(row.uids), _decode(row.carried), row.run_id,
+                        row.sent_at)
+
+
+def _shrink(conn: sa.Connection, batch: PendingBatch, keep: list[str]) -> None:
+    """Leave only `keep` of a pending batch's uids; drop the batch when none are left."""
+    if not keep:
+        conn.execute(batches.delete().where(batches.c.id == batch.id))
+        return
+    kept = set(keep)
+    carried = [u for u in batch.carried if u in kept]
+    conn.execute(batches.update().where(batches.c.id == batch.id).values(
+        uids=_encode(keep), count=len(keep), carried=_encode(carried) if carried else None))
 
 
 def _bump_state_version(conn: sa.Connection) -> None:
