@@ -284,3 +284,18 @@ def test_trigger_pulls_the_repository_first(tmp_path, emulator, daemons):
     eventually(lambda: emulator.members("beta") == USERS[:8])
     assert "git pull --ff-only done" in daemon.logs()
     assert daemon.stop() == 0
+
+
+def test_a_sqlite_warehouse_replaced_by_rename_is_read_anew_on_the_next_timer(tmp_path, emulator, daemons):
+    """The usual export: build a new file beside the old one, then rename it into place."""
+    live = tmp_path / "wh.db"
+    url, engine = warehouse(live, USERS[:5])
+    engine.dispose()
+    repo = Repo(tmp_path, base_url=emulator.url).connect("wh", url)
+    repo.spec("sql.yaml", "id: sql\nname: .SQL\nschedule: 1s\nsource: {connection: wh, sql: SELECT uid FROM t}\n")
+    daemons(repo)
+    eventually(lambda: emulator.members("sql") == USERS[:5])
+    _, engine = warehouse(tmp_path / "wh.db.new", USERS[3:9])
+    engine.dispose()
+    (tmp_path / "wh.db.new").replace(live)
+    eventually(lambda: emulator.members("sql") == USERS[3:9], timeout=20)

@@ -217,6 +217,19 @@ class FileSource:
         return SourceError(self.cohort_id, f"{where}: {message}")
 
 
+def source_engine(url: str) -> Engine:
+    """An engine that sees each source as it is at the moment of every read.
+
+    A SQLite file is opened anew for each read (no pool): a pooled connection would keep reading
+    a file that an export replaced by rename, forever. Server databases keep their pool, checked
+    before use so a restarted server costs one reconnect; each read is its own transaction.
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return sa.create_engine(parsed, poolclass=sa.pool.NullPool)
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
 class Engines:
     """One SQLAlchemy engine per named connection, made on first use, disposed at the end."""
 
@@ -227,7 +240,7 @@ class Engines:
         if name not in self._engines:
             if name not in self._urls:
                 raise KeyError(name)
-            self._engines[name] = sa.create_engine(self._urls[name].reveal(), pool_pre_ping=True)
+            self._engines[name] = source_engine(self._urls[name].reveal())
         return self._engines[name]
 
     def close(self) -> None:
