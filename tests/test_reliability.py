@@ -71,6 +71,30 @@ def test_removals_survive_a_kill_too(tmp_path, start_emulator):
     assert emu.members("a") == USERS[:100]
 
 
+def test_sigterm_interrupted_apply_exits_1_and_the_next_run_sends_the_rest(tmp_path, start_emulator):
+    emu = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--latency", "30ms")
+    repo = Repo(tmp_path, base_url=emu.url, moengage={"max_payload_bytes": PAYLOAD})
+    repo.file_cohort("a", USERS)
+    repo.file_cohort("b", USERS[:500])
+    proc = cli(repo, "apply", "--format", "json")
+    eventually(lambda: len(emu.requests()) >= 3, timeout=30, interval=0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    report = json.loads(out)
+    assert [c["result"] for c in report["cohorts"]] == ["interrupted"] and not report["ok"]
+    assert "Traceback" not in err and "stopping after the batch in flight" in err
+    sent = len(emu.members("a"))
+    assert 0 < sent < len(USERS)
+    state = StateStore.open(f"sqlite:///{repo.root / 'state.db'}")
+    assert state.cohort("a").unconfirmed == 0 and len(synced(state, "a")) == sent  # the batch in flight settled
+    state.close()
+    rerun = cli(repo, "apply")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out + err
+    assert emu.members("a") == USERS and emu.members("b") == USERS[:500]
+
+
 def test_faulty_api_still_converges_in_one_apply(tmp_path, start_emulator, capsys):
     emu = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--error-rate", "0.2", "--drop-rate",
                          "0.05", "--throttle-rate", "0.1", "--retry-after", "0.05", "--latency", "5ms", "--seed", "11")

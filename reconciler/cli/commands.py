@@ -6,7 +6,9 @@ project's exceptions and turned into one sentence by cli.main.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -46,10 +48,11 @@ def validate(args: argparse.Namespace) -> int:
 def reconciler_for(settings: Settings, *, with_client: bool, progress: Progress | None = None) -> Iterator[Reconciler]:
     state = StateStore.open(settings.state_url)
     client = None
+    stop = threading.Event()  # set by SIGTERM or Ctrl-C during apply: see stopping_on_signals
     if with_client:
         require_credentials(settings)
-        client = MoEngageClient(settings.moengage)
-    reconciler = Reconciler(settings, state, client, progress=progress)
+        client = MoEngageClient(settings.moengage, stop=stop)
+    reconciler = Reconciler(settings, state, client, stop=stop, progress=progress)
     try:
         yield reconciler
     finally:
@@ -97,7 +100,7 @@ def apply(args: argparse.Namespace) -> int:
     with reconciler_for(settings, with_client=not args.dry_run, progress=progress) as reconciler:
         specs = reconciler.load()
         _check_selection(specs, reconciler, args.cohort)
-        with nullcontext() if args.dry_run else held(reconciler.state, "apply"):
+        with nullcontext() if args.dry_run else held(reconciler.state, "apply"), stopping_on_signals(reconciler.stop):
             if args.plan:
                 report = _apply_saved(reconciler, specs, Path(args.plan), args.dry_run)
             else:
@@ -105,6 +108,29 @@ def apply(args: argparse.Namespace) -> int:
                                           dry_run=args.dry_run)
     print(render.report_json(report) if args.format == "json" else render.report_text(report))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+@contextmanager
+def stopping_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM or Ctrl-C during apply: let the batch in flight finish and settle, send no more,
+    exit 1 (the next run sends the rest). A second signal stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"{signal.Signals(signum).name}: stopping after the batch in flight (again to stop at once)",
+              file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _apply_saved(reconciler: Reconciler, specs: SpecSet, path: Path, dry_run: bool) -> RunReport:

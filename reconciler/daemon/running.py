@@ -23,6 +23,7 @@ from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
 from reconciler.daemon.queueing import ALL, CoalescingQueue, Work
 from reconciler.daemon.watching import Watcher
 from reconciler.common.errors import CohortSyncError, StateError
+from reconciler.common.statuses import Status
 from reconciler.state.leases import held
 from reconciler.running.reconciling import Reconciler, RunReport
 from reconciler.settings.model import Settings
@@ -135,7 +136,7 @@ class Daemon:
             log.error("reconcile failed: %s", exc)
             return
         for o in report.outcomes:
-            level = logging.INFO if o.ok else logging.ERROR
+            level = logging.INFO if o.ok else logging.WARNING if o.result == Status.INTERRUPTED else logging.ERROR
             log.log(level, "cohort %s: %s (+%d -%d)%s", o.plan.id, o.result, o.sent_adds, o.sent_removes,
                     f": {o.error or o.plan.reason}" if (o.error or not o.ok) else "")
         self._after(report, started)
