@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -105,6 +107,17 @@ def test_413_payload_over_limit(start_emulator):
     emu = start_emulator("--max-payload-bytes", "200")
     assert_error_shape(post(emu, body(uids=[f"user-{i:05d}" for i in range(50)])), 413, "body")
     assert post(emu, body(uids=["a"])).status_code == 200
+
+
+@pytest.mark.parametrize("length", ["ten", "-5"])
+def test_400_content_length_not_a_byte_count_and_the_connection_closes(emulator, length):
+    """A negative length once had the emulator read until the client hung up; now it answers at once."""
+    url = urlsplit(emulator.url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers().items())
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(f"POST {PATH} HTTP/1.1\r\nHost: emulator\r\n{head}Content-Length: {length}\r\n\r\n".encode())
+        answer = b"".join(iter(lambda: sock.recv(1 << 16), b""))  # to the end: the emulator closes the connection
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer and b"Content-Length" in answer
 
 
 def test_415_wrong_content_type(emulator):
