@@ -27,6 +27,7 @@ from reconciler.common.errors import (
     PayloadTooLarge,
     TemporaryApiError,
 )
+from reconciler.common.waiting import pause
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
 from reconciler.settings.model import MoEngageSettings
 
@@ -136,13 +137,12 @@ class MoEngageClient:
                 raise
 
     def _pause(self, delay: float, maybe_applied: bool) -> None:
-        """Sleep before a retry; a shutdown cuts it short."""
-        if self._stop is None:
-            self._sleep(delay)
-        elif self._stop.wait(delay):
-            stopped = Interrupted("shutting down")
+        """Sleep before a retry; a shutdown cuts it short, and says whether an attempt may have been applied."""
+        try:
+            pause(delay, self._stop, self._sleep)
+        except Interrupted as stopped:
             stopped.maybe_applied = maybe_applied
-            raise stopped
+            raise
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
