@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -27,7 +27,7 @@ from reconciler.moengage.batching import ACTIONS
 from reconciler.emulator.store import SegmentStore
 from reconciler.common.httpio import RefusedBody, discard_body, read_body, send_json
 from reconciler.specs.rules import cohort_name_problem
-from reconciler.settings.model import RateLimit
+from reconciler.settings.model import MoEngageSettings, RateLimit
 
 log = logging.getLogger(__name__)
 API_PATH = "/v1/integrations/cohortsync"
@@ -39,8 +39,8 @@ class EmulatorConfig:
 
     workspace_id: str | None = None  # when set with api_key, only these credentials pass
     api_key: str | None = None
-    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(300, 60.0))
-    max_payload_bytes: int = 128_000
+    rate_limit: RateLimit = MoEngageSettings.rate_limit  # the real API's limits, as the client's defaults declare them
+    max_payload_bytes: int = MoEngageSettings.max_payload_bytes
     suspended: bool = False  # 403 for every request
     error_rate: float = 0.0  # fraction answered 500
     throttle_rate: float = 0.0  # fraction answered 429 with Retry-After
