@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 
@@ -91,6 +92,15 @@ def test_timeout_is_retried_then_fails(start_emulator):
     emu = start_emulator("--latency", "1s")
     with make_client(emu, timeout=0.2, max_retries=1) as client, pytest.raises(TemporaryApiError, match="timed out"):
         send_all(client, "c1", ["a"])
+
+
+def test_backoff_doubles_up_to_backoff_max_with_equal_jitter():
+    """The README and the settings say "equal jitter": each wait is drawn between half its cap and the cap."""
+    settings = MoEngageSettings(backoff_base=0.5, backoff_max=3.0)
+    with MoEngageClient(settings, rng=random.Random(7)) as client:
+        for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)]:
+            waits = [client._backoff(attempt) for _ in range(200)]
+            assert cap / 2 <= min(waits) < cap * 0.55 and cap * 0.95 < max(waits) <= cap, attempt
 
 
 def test_a_shutdown_cuts_a_backoff_short(start_emulator):

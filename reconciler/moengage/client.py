@@ -145,7 +145,11 @@ class MoEngageClient:
             raise
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter."""
+        """Exponential backoff with equal jitter: a draw between half the cap and all of it.
+
+        Not full jitter (0 to the cap): that can draw almost nothing and hit a failing server again
+        at once; half the cap is still random enough to spread the processes of one account apart.
+        """
         cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
         return self._rng.uniform(cap / 2, cap)
 
