@@ -135,6 +135,21 @@ def test_429_sliding_window_with_retry_after(start_emulator):
 
 
 def test_500_injected_errors_are_seeded(start_emulator):
+    """Half the requests fail: the same seed picks the same ones, another seed others."""
+    def statuses(seed: str) -> list[int]:
+        emu = start_emulator("--error-rate", "0.5", "--seed", seed)
+        answers = [post(emu, body()) for _ in range(24)]
+        assert_error_shape(next(a for a in answers if a.status_code != 200), 500)
+        emu.stop()
+        return [a.status_code for a in answers]
+
+    first = statuses("7")
+    assert set(first) == {200, 500}
+    assert statuses("7") == first
+    assert statuses("8") != first
+
+
+def test_injected_errors_stop_when_configured_off(start_emulator):
     emu = start_emulator("--error-rate", "1.0")
     assert_error_shape(post(emu, body()), 500)
     emu.configure(error_rate=0.0)
