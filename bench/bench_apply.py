@@ -47,7 +47,7 @@ def main() -> int:
     fastest = (math.ceil(len(sent) / args.rate.requests) - 1) * args.rate.window
     used = fastest / span if fastest else 1.0  # all in one burst: the rate was never the limit
     envelope = Envelope("add_members", "bench", "big", ".Big")
-    room = 128_000 - len(Batch.build(envelope, []).body)
+    room = MoEngageSettings().max_payload_bytes - len(Batch.build(envelope, []).body)  # the default the run used
     optimum = math.ceil((sum(len(member_bytes(u)) + 1 for u in uids) - 1) / room)
     rows = [("members", f"{len(uids):,} new uids of 12 characters, rate {args.rate}"),
             ("baseline: fixed batches of 1,000 uids", f"{baseline_requests:,} requests in {baseline_seconds:.2f} s"),

@@ -61,13 +61,18 @@ def _postgres_available() -> str | None:
         return f"PostgreSQL not reachable at {postgres_url()}: {type(exc).__name__}"
 
 
+def skip_or_fail(reason: str, server: str) -> None:
+    """Without the server, skip here; in CI (`CI` or COHORTSYNC_REQUIRE_<SERVER> set), fail: CI claims every database."""
+    if os.environ.get(f"COHORTSYNC_REQUIRE_{server}") or os.environ.get("CI"):
+        pytest.fail(f"{reason} (mandatory in CI)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_ready() -> None:
     reason = _postgres_available()
     if reason:
-        if os.environ.get("COHORTSYNC_REQUIRE_POSTGRES") or os.environ.get("CI"):
-            pytest.fail(f"{reason} (mandatory in CI)")
-        pytest.skip(reason)
+        skip_or_fail(reason, "POSTGRES")
 
 
 @pytest.fixture
@@ -93,7 +98,7 @@ MARIADB_URL = os.environ.get("COHORTSYNC_TEST_MARIADB", "mysql+pymysql://root@12
 
 @pytest.fixture
 def mariadb_database() -> Iterator[str]:
-    """A URL to a fresh MariaDB/MySQL database, dropped afterwards; skips when no server answers."""
+    """A URL to a fresh MariaDB/MySQL database, dropped afterwards; skips when no server answers (fails in CI)."""
     import uuid
 
     import sqlalchemy as sa
@@ -103,7 +108,7 @@ def mariadb_database() -> Iterator[str]:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
     except Exception as exc:  # no server, no driver: either way these tests cannot run here
-        pytest.skip(f"MariaDB/MySQL not reachable at {MARIADB_URL}: {type(exc).__name__}")
+        skip_or_fail(f"MariaDB/MySQL not reachable at {MARIADB_URL}: {type(exc).__name__}", "MARIADB")
     try:
         yield MARIADB_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import threading
 import time
 
 import pytest
 
 from reconciler.moengage.batching import Envelope, pack
 from reconciler.moengage.client import MoEngageClient, retry_after
-from reconciler.common.errors import ApiError, CohortApiError, FatalApiError, TemporaryApiError
+from reconciler.moengage.ratelimit import SlidingWindowLimiter
+from reconciler.common.errors import ApiError, CohortApiError, FatalApiError, Interrupted, TemporaryApiError
 from reconciler.settings.model import MoEngageSettings, RateLimit, Secret
 from tests.conftest import API_KEY, WORKSPACE
 
@@ -89,6 +92,40 @@ def test_timeout_is_retried_then_fails(start_emulator):
     emu = start_emulator("--latency", "1s")
     with make_client(emu, timeout=0.2, max_retries=1) as client, pytest.raises(TemporaryApiError, match="timed out"):
         send_all(client, "c1", ["a"])
+
+
+def test_backoff_doubles_up_to_backoff_max_with_equal_jitter():
+    """The README and the settings say "equal jitter": each wait is drawn between half its cap and the cap."""
+    settings = MoEngageSettings(backoff_base=0.5, backoff_max=3.0)
+    with MoEngageClient(settings, rng=random.Random(7)) as client:
+        for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)]:
+            waits = [client._backoff(attempt) for _ in range(200)]
+            assert cap / 2 <= min(waits) < cap * 0.55 and cap * 0.95 < max(waits) <= cap, attempt
+
+
+def test_a_shutdown_cuts_a_backoff_short(start_emulator):
+    """The daemon's stop event ends a minute-long backoff at once, with Interrupted, not a failure."""
+    emu, stop = start_emulator("--error-rate", "1.0"), threading.Event()
+    settings = MoEngageSettings(workspace_id=WORKSPACE, api_key=Secret(API_KEY), base_url=emu.url,
+                                backoff_base=60, backoff_max=60)
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with MoEngageClient(settings, stop=stop) as client, pytest.raises(Interrupted):
+        send_all(client, "c1", ["a"])
+    assert time.monotonic() - started < 10 and client.stats.statuses["500"] == 1
+
+
+def test_a_shutdown_cuts_a_wait_for_the_rate_window_short():
+    stop = threading.Event()
+    limiter = SlidingWindowLimiter(RateLimit(1, 60.0), stop=stop)
+    with limiter.slot():  # the window's one place, taken for a minute
+        pass
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        with limiter.slot():
+            pass
+    assert time.monotonic() - started < 10
 
 
 def test_401_stops_the_run(emulator):

@@ -1,11 +1,19 @@
 """The operator config: file, ${VAR} expansion, environment overrides, errors naming the key."""
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import pytest
 
+from reconciler.emulator.main import add_arguments
+from reconciler.emulator.server import EmulatorConfig
+from reconciler.settings import model
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.common.errors import ConfigError
-from reconciler.settings.model import RateLimit, parse_duration
+from reconciler.settings.keys import KEYS, markdown_table
+from reconciler.settings.model import MoEngageSettings, RateLimit, parse_duration
 
 
 def write(tmp_path, text: str) -> str:
@@ -98,3 +106,91 @@ def test_durations(text, seconds):
                                          ("300/m", RateLimit(300, 60)), ("5/500ms", RateLimit(5, 0.5))])
 def test_rate_limits(text, limit):
     assert RateLimit.parse(text) == limit
+
+
+# --- one declaration per key: the README, the schema, the environment and the emulator follow it ----------
+
+ROOT = Path(__file__).resolve().parent.parent
+# the contract (DESIGN.md, the README): names users and scripts rely on; a key may be added, never renamed
+CONTRACT = {
+    "cohorts_dir": "COHORTSYNC_COHORTS_DIR", "state_url": "COHORTSYNC_STATE_URL", "partner": "COHORTSYNC_PARTNER",
+    "prune": "COHORTSYNC_PRUNE", "statement_timeout": "COHORTSYNC_STATEMENT_TIMEOUT",
+    "parallel_plan_min": "COHORTSYNC_PARALLEL_PLAN_MIN", "moengage.dc": "MOENGAGE_DC",
+    "moengage.base_url": "MOENGAGE_BASE_URL", "moengage.workspace_id": "MOENGAGE_WORKSPACE_ID",
+    "moengage.api_key": "MOENGAGE_API_KEY", "moengage.rate_limit": "COHORTSYNC_RATE_LIMIT",
+    "moengage.max_payload_bytes": "COHORTSYNC_MAX_PAYLOAD_BYTES", "moengage.timeout": "COHORTSYNC_TIMEOUT",
+    "moengage.max_retries": "COHORTSYNC_MAX_RETRIES", "connections.NAME": "COHORTSYNC_CONNECTION_NAME",
+    "daemon.listen": "COHORTSYNC_LISTEN", "daemon.interval": "COHORTSYNC_INTERVAL", "daemon.debounce": "COHORTSYNC_DEBOUNCE",
+    "daemon.token": "COHORTSYNC_TOKEN", "daemon.webhook_secret": "COHORTSYNC_WEBHOOK_SECRET",
+    "daemon.git_pull": "COHORTSYNC_GIT_PULL",
+}
+# a value other than the default, as the environment would give it, for each kind of key
+SAMPLES = {model.TEXT: "other", model.DC: "02", model.OPTIONAL_TEXT: "http://127.0.0.1:9", model.SECRET: "s3cr3t",
+           model.FLAG: "true", model.COUNT: "4096", model.DURATION: "7s", model.RATE: "7/7s", model.PATH: "elsewhere",
+           model.URL: "sqlite:///elsewhere.db"}
+
+
+def test_every_name_of_the_contract_is_kept_and_no_variable_serves_two_keys():
+    envs = {key.name: key.variable for key in KEYS}
+    assert {path: envs.get(path) for path in CONTRACT} == CONTRACT
+    assert len(set(envs.values())) == len(envs)
+
+
+def test_the_readme_table_is_the_declared_keys():
+    """Regenerate with: python -c 'from reconciler.settings.keys import markdown_table; print(markdown_table())'"""
+    assert markdown_table() in (ROOT / "README.md").read_text()
+
+
+def schema_properties(node: dict, prefix: str = "") -> dict[str, dict]:
+    found = {}
+    for name, prop in node["properties"].items():
+        if "properties" in prop:
+            found.update(schema_properties(prop, f"{prefix}{name}."))
+        else:
+            found[f"{prefix}{name}.NAME" if prop.get("type") == "object" else prefix + name] = prop
+    return found
+
+
+def test_the_schema_has_each_declared_key_with_its_type_default_and_meaning():
+    schema = schema_properties(json.loads((ROOT / "schema/config.schema.json").read_text()))
+    assert sorted(schema) == sorted(key.name for key in KEYS)
+    for key in KEYS:
+        prop, optional = schema[key.name], key.default in (None, "") and not key.kind.named
+        types = {prop["type"]} if isinstance(prop["type"], str) else set(prop["type"])
+        assert types == set(key.kind.json) | ({"null"} if optional else set()), key.path
+        assert prop.get("default") == (None if optional else key.default), key.path
+        assert prop["description"] == key.doc, key.path
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if not k.kind.named], ids=lambda k: k.path)
+def test_every_key_is_read_from_the_file_and_from_the_environment(tmp_path, monkeypatch, key):
+    monkeypatch.chdir(tmp_path)
+    *groups, name = key.path.split(".")
+    value = key.kind.from_env(SAMPLES[key.kind])
+    doc: dict = {name: value}
+    for group in reversed(groups):
+        doc = {group: doc}
+    default = load_settings(None, env={})
+    from_env = load_settings(None, env={key.env: SAMPLES[key.kind]})
+    from_file = load_settings(write(tmp_path, json.dumps(doc)), env={})
+    assert setting_at(from_file, key.path) == setting_at(from_env, key.path) != setting_at(default, key.path)
+
+
+def setting_at(settings, path: str):
+    for name in path.split("."):
+        settings = getattr(settings, name)
+    return settings
+
+
+def test_backoff_is_set_in_the_config(tmp_path):
+    s = load_settings(write(tmp_path, "moengage: {backoff_base: 250ms, backoff_max: 4s}\n"), env={})
+    assert (s.moengage.backoff_base, s.moengage.backoff_max) == (0.25, 4.0)
+    assert load_settings(None, env={"COHORTSYNC_BACKOFF_MAX": "1m"}).moengage.backoff_max == 60.0
+
+
+def test_the_emulator_starts_with_the_limits_the_client_assumes():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args, api = parser.parse_args([]), MoEngageSettings()
+    assert (args.rate_limit, args.max_payload_bytes) == (api.rate_limit, api.max_payload_bytes)
+    assert (EmulatorConfig().rate_limit, EmulatorConfig().max_payload_bytes) == (api.rate_limit, api.max_payload_bytes)

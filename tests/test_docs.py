@@ -38,3 +38,20 @@ def test_every_module_is_in_the_readme_map():
         if folder not in section or path.stem not in section:
             missing.append(str(path.relative_to(ROOT)))
     assert missing == []
+
+
+def test_every_place_in_where_decisions_live_exists():
+    """The README's table of decisions names modules and functions; a rename must update it."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("### Where decisions live"):]
+    places = re.findall(r"`([\w/.]+\.(?:py|json))`(?:: ((?:`\w+`(?:, )?)+))?", table)
+    assert len(places) > 10
+    missing = []
+    for path, names in places:
+        file = ROOT / path if path.startswith(("schema/", "tests/")) else ROOT / "reconciler" / path
+        if not file.is_file():
+            missing.append(path)
+            continue
+        missing += [f"{path}: {name}" for name in re.findall(r"`(\w+)`", names or "")
+                    if not re.search(rf"^\s*(def|class) {name}\b", file.read_text(), re.MULTILINE)]
+    assert missing == []

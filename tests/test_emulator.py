@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -107,6 +109,17 @@ def test_413_payload_over_limit(start_emulator):
     assert post(emu, body(uids=["a"])).status_code == 200
 
 
+@pytest.mark.parametrize("length", ["ten", "-5"])
+def test_400_content_length_not_a_byte_count_and_the_connection_closes(emulator, length):
+    """A negative length once had the emulator read until the client hung up; now it answers at once."""
+    url = urlsplit(emulator.url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers().items())
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(f"POST {PATH} HTTP/1.1\r\nHost: emulator\r\n{head}Content-Length: {length}\r\n\r\n".encode())
+        answer = b"".join(iter(lambda: sock.recv(1 << 16), b""))  # to the end: the emulator closes the connection
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer and b"Content-Length" in answer
+
+
 def test_415_wrong_content_type(emulator):
     assert_error_shape(post(emulator, body(), ctype="text/plain"), 415)
     assert_error_shape(post(emulator, body(), ctype=None), 415)
@@ -122,6 +135,21 @@ def test_429_sliding_window_with_retry_after(start_emulator):
 
 
 def test_500_injected_errors_are_seeded(start_emulator):
+    """Half the requests fail: the same seed picks the same ones, another seed others."""
+    def statuses(seed: str) -> list[int]:
+        emu = start_emulator("--error-rate", "0.5", "--seed", seed)
+        answers = [post(emu, body()) for _ in range(24)]
+        assert_error_shape(next(a for a in answers if a.status_code != 200), 500)
+        emu.stop()
+        return [a.status_code for a in answers]
+
+    first = statuses("7")
+    assert set(first) == {200, 500}
+    assert statuses("7") == first
+    assert statuses("8") != first
+
+
+def test_injected_errors_stop_when_configured_off(start_emulator):
     emu = start_emulator("--error-rate", "1.0")
     assert_error_shape(post(emu, body()), 500)
     emu.configure(error_rate=0.0)

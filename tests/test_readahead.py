@@ -129,11 +129,24 @@ def test_a_helper_that_dies_is_a_state_error(state):
 
 
 def test_closing_early_stops_the_helper(state):
+    """The helper is frozen before it can finish, so only close() can end it: a close() that
+    merely waited would hang (and fail here) instead of passing because the helper ended anyway."""
+    import signal
+    import threading
+
     reader = ReadAhead(url_of(state), "big")
-    next(iter(reader))
-    reader.close()
-    assert reader._proc.returncode is not None
-    eventually(lambda: not alive(reader._proc.pid), timeout=5, interval=0.05)  # the helper did not outlive close()
+    os.kill(reader._proc.pid, signal.SIGSTOP)  # it is still starting Python: far from its last block
+    closer = threading.Thread(target=reader.close, daemon=True)
+    try:
+        assert reader._proc.poll() is None, "the helper ended before the test could freeze it"
+        closer.start()
+        closer.join(timeout=10)
+        assert not closer.is_alive(), "close() is still waiting for a helper it did not stop"
+        assert reader._proc.returncode == -signal.SIGKILL
+    finally:
+        if closer.is_alive():
+            reader._proc.kill()  # let the stuck close() return
+            closer.join()
 
 
 def test_the_state_url_reaches_the_helper_on_stdin_not_in_its_command_line(tmp_path):

@@ -1,8 +1,13 @@
 """`validate`: what a user sees. The bad-spec corpus (one file per kind of mistake) is in test_corpus.py."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
+from reconciler.specs.rules import NAME_FORBIDDEN, cohort_name_problem
 from tests.helpers import Repo
 
 GOOD = """\
@@ -62,3 +67,12 @@ def test_missing_cohorts_dir(tmp_path, capsys):
     repo.cohorts.rmdir()
     code, _, err = repo.run(capsys, "validate")
     assert code == 1 and "directory not found" in err
+
+
+@pytest.mark.parametrize("name", [".Good name", ".ünïcode ✓", "no dot", "", *(f".a{c}b" for c in NAME_FORBIDDEN)])
+def test_specs_and_the_emulator_hold_the_same_cohort_name_rule(name):
+    """The schema's pattern checks specs, rules.py the emulator's requests: the same period and characters.
+    (The schema alone also wants a character after the period and at most 256: a spec's own rule.)"""
+    schema = json.loads((Path(__file__).resolve().parent.parent / "schema/cohort.schema.json").read_text())
+    pattern = schema["properties"]["name"]["pattern"]
+    assert (re.search(pattern, name) is not None) == (cohort_name_problem(name) is None)

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from reconciler.common.errors import ConfigError
-from reconciler.common.httpio import discard_body, send, send_json
+from reconciler.common.httpio import RefusedBody, discard_body, read_body, send, send_json
 from reconciler.settings.model import Secret
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         api, url = self.server.api, urlsplit(self.path)
         if url.path != "/reconcile":
-            self._drain()
+            discard_body(self)
             self._send(404, {"error": f"no route {url.path}"})
             return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY:
-            discard_body(self)
+            body = read_body(self, MAX_BODY)
+        except RefusedBody:
             self._send(413, {"error": f"body over {MAX_BODY} bytes"})
             return
-        body = self.rfile.read(length) if length else b""
         if not authorized(self.headers, body, api.token, api.webhook_secret):
             self._send(401, {"error": "a valid bearer token or X-Hub-Signature-256 is required"},
                        {"WWW-Authenticate": 'Bearer realm="cohortsync"'})
@@ -90,9 +86,6 @@ class Handler(BaseHTTPRequestHandler):
         cohorts = parse_qs(url.query).get("cohort", [])
         source = "github" if self.headers.get("X-GitHub-Event") else "http"
         self._send(202, api.reconcile(cohorts, source))
-
-    def _drain(self) -> None:
-        discard_body(self)
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         send_json(self, status, payload, headers)

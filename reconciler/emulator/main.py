@@ -8,7 +8,9 @@ import threading
 
 from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer, load_users
 from reconciler.emulator.store import SegmentStore
-from reconciler.settings.model import RateLimit, parse_duration
+from reconciler.settings.model import MoEngageSettings, RateLimit, parse_duration
+
+API = MoEngageSettings()  # the real API's limits are the client's defaults: one declaration serves both
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,8 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="only this Data API key passes auth (with --workspace-id)")
     p.add_argument("--users", metavar="FILE", help="uids MoEngage knows, one a line; others are accepted, not matched")
     p.add_argument("--db", metavar="PATH", default=":memory:", help="SQLite file for segments (default: in memory)")
-    p.add_argument("--rate-limit", default="300/60s", type=RateLimit.parse, help="N/Ss sliding window (default: 300/60s)")
-    p.add_argument("--max-payload-bytes", type=int, default=128_000, help="request body limit (default: 128000)")
+    p.add_argument("--rate-limit", default=API.rate_limit, type=RateLimit.parse,
+                   help=f"N/Ss sliding window (default: {API.rate_limit}, as moengage.rate_limit)")
+    p.add_argument("--max-payload-bytes", type=int, default=API.max_payload_bytes,
+                   help=f"request body limit (default: {API.max_payload_bytes}, as moengage.max_payload_bytes)")
     p.add_argument("--suspended", action="store_true", help="answer 403 to everything, as for a suspended account")
     p.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
     p.add_argument("--throttle-rate", type=float, default=0.0, help="fraction answered 429 with Retry-After")

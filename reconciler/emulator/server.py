@@ -19,15 +19,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 from reconciler.moengage.batching import ACTIONS
 from reconciler.emulator.store import SegmentStore
-from reconciler.common.httpio import discard_body, send_json
+from reconciler.common.httpio import RefusedBody, discard_body, read_body, send_json
 from reconciler.specs.rules import cohort_name_problem
-from reconciler.settings.model import RateLimit
+from reconciler.settings.model import MoEngageSettings, RateLimit
 
 log = logging.getLogger(__name__)
 API_PATH = "/v1/integrations/cohortsync"
@@ -39,8 +39,8 @@ class EmulatorConfig:
 
     workspace_id: str | None = None  # when set with api_key, only these credentials pass
     api_key: str | None = None
-    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(300, 60.0))
-    max_payload_bytes: int = 128_000
+    rate_limit: RateLimit = MoEngageSettings.rate_limit  # the real API's limits, as the client's defaults declare them
+    max_payload_bytes: int = MoEngageSettings.max_payload_bytes
     suspended: bool = False  # 403 for every request
     error_rate: float = 0.0  # fraction answered 500
     throttle_rate: float = 0.0  # fraction answered 429 with Retry-After
@@ -127,7 +127,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/_emulator/config":
             self._configure()
         else:
-            self._discard_body()
+            discard_body(self)
             self._json(404, {"status": "fail", "error": {"message": f"no route {path}"}})
 
     def do_GET(self) -> None:
@@ -177,16 +177,16 @@ class Handler(BaseHTTPRequestHandler):
         emu, cfg = self.server.emulator, self.server.emulator.config
         self._check_auth()
         if cfg.suspended:
-            self._discard_body()
+            discard_body(self)
             raise Reply(403, "Your account is suspended or blocked", "", "Forbidden")
         wait = emu.admit()
         if wait is not None:
-            self._discard_body()
+            discard_body(self)
             raise Reply(429, f"Rate limit of {cfg.rate_limit} exceeded", "", "RateLimitExceeded",
                         {"Retry-After": str(max(1, math.ceil(wait)))})
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            self._discard_body()
+            discard_body(self)
             raise Reply(415, "Content-Type must be application/json", "Content-Type", "UnsupportedMediaType")
         raw = self._read_body(cfg.max_payload_bytes)
         entry["bytes"] = len(raw)
@@ -206,15 +206,15 @@ class Handler(BaseHTTPRequestHandler):
         appkey = self.headers.get("MOE-APPKEY") or ""
         user, password = _basic(header)
         if user is None or not user or not password:
-            self._discard_body()
+            discard_body(self)
             raise Reply(401, "Authentication required: Basic auth with workspace id and Data API key", "Authorization", "Unauthorized")
         if appkey != user:
-            self._discard_body()
+            discard_body(self)
             raise Reply(401, "MOE-APPKEY must equal the Basic auth username", "MOE-APPKEY", "Unauthorized")
         if cfg.workspace_id is not None and cfg.api_key is not None and not (
             hmac.compare_digest(user, cfg.workspace_id) and hmac.compare_digest(password, cfg.api_key)
         ):
-            self._discard_body()
+            discard_body(self)
             raise Reply(401, "Invalid workspace id or API key", "Authorization", "Unauthorized")
 
     def _apply(self, body: dict) -> None:
@@ -228,16 +228,12 @@ class Handler(BaseHTTPRequestHandler):
     # --- plumbing -------------------------------------------------------------------------
     def _read_body(self, limit: int) -> bytes:
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise Reply(400, "Content-Length is not a number", "Content-Length", "BadRequest")
-        if length > limit:
-            self._discard_body()
-            raise Reply(413, f"Payload of {length} bytes exceeds the limit of {limit} bytes", "body", "PayloadTooLarge")
-        return self.rfile.read(length)
-
-    def _discard_body(self) -> None:
-        discard_body(self)
+            return read_body(self, limit)
+        except RefusedBody as refused:
+            if refused.length is None:
+                raise Reply(400, "Content-Length is not a number", "Content-Length", "BadRequest") from None
+            raise Reply(413, f"Payload of {refused.length} bytes exceeds the limit of {limit} bytes", "body",
+                        "PayloadTooLarge") from None
 
     def _configure(self) -> None:
         try:

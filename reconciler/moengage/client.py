@@ -27,6 +27,7 @@ from reconciler.common.errors import (
     PayloadTooLarge,
     TemporaryApiError,
 )
+from reconciler.common.waiting import pause
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
 from reconciler.settings.model import MoEngageSettings
 
@@ -136,16 +137,19 @@ class MoEngageClient:
                 raise
 
     def _pause(self, delay: float, maybe_applied: bool) -> None:
-        """Sleep before a retry; a shutdown cuts it short."""
-        if self._stop is None:
-            self._sleep(delay)
-        elif self._stop.wait(delay):
-            stopped = Interrupted("shutting down")
+        """Sleep before a retry; a shutdown cuts it short, and says whether an attempt may have been applied."""
+        try:
+            pause(delay, self._stop, self._sleep)
+        except Interrupted as stopped:
             stopped.maybe_applied = maybe_applied
-            raise stopped
+            raise
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter."""
+        """Exponential backoff with equal jitter: a draw between half the cap and all of it.
+
+        Not full jitter (0 to the cap): that can draw almost nothing and hit a failing server again
+        at once; half the cap is still random enough to spread the processes of one account apart.
+        """
         cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
         return self._rng.uniform(cap / 2, cap)
 

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from reconciler.common.errors import Interrupted
+from reconciler.common.waiting import pause
 from reconciler.settings.model import RateLimit
 
 _IN_FLIGHT = float("inf")
@@ -57,10 +57,7 @@ class SlidingWindowLimiter:
                         self.waits += 1
                     return stamp
             waited = True
-            if self._stop is None:
-                self._sleep(delay)
-            elif self._stop.wait(delay):
-                raise Interrupted("shutting down")
+            pause(delay, self._stop, self._sleep)
 
     def _delay_locked(self) -> float:
         now = self._clock()

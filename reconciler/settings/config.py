@@ -2,49 +2,27 @@
 
 `${VAR}` and `${VAR:-default}` are expanded in this file only (specs never read the
 environment). Every key can also come from an environment variable, which wins over the file.
+Which keys exist, their defaults, kinds and variables are declared once, on the settings
+dataclasses (model.py); this module only reads them (keys.py), it repeats none of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from reconciler.common.documents import Document, parse_yaml, schema_problems
 from reconciler.common.errors import ConfigError
-from reconciler.settings.model import (PARALLEL_PLAN_MIN, DaemonSettings, MoEngageSettings, RateLimit, Secret, Settings,
-                                 parse_duration)
+from reconciler.settings.keys import KEYS
+from reconciler.settings.model import Settings
 
 DEFAULT_CONFIG = "cohortsync.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-# environment variable -> config key path; the environment wins over the file
-ENV_KEYS: dict[str, tuple[str, ...]] = {
-    "COHORTSYNC_COHORTS_DIR": ("cohorts_dir",),
-    "COHORTSYNC_STATE_URL": ("state_url",),
-    "COHORTSYNC_PARTNER": ("partner",),
-    "COHORTSYNC_PRUNE": ("prune",),
-    "COHORTSYNC_STATEMENT_TIMEOUT": ("statement_timeout",),
-    "COHORTSYNC_PARALLEL_PLAN_MIN": ("parallel_plan_min",),
-    "MOENGAGE_DC": ("moengage", "dc"),
-    "MOENGAGE_BASE_URL": ("moengage", "base_url"),
-    "MOENGAGE_WORKSPACE_ID": ("moengage", "workspace_id"),
-    "MOENGAGE_API_KEY": ("moengage", "api_key"),
-    "COHORTSYNC_RATE_LIMIT": ("moengage", "rate_limit"),
-    "COHORTSYNC_MAX_PAYLOAD_BYTES": ("moengage", "max_payload_bytes"),
-    "COHORTSYNC_TIMEOUT": ("moengage", "timeout"),
-    "COHORTSYNC_MAX_RETRIES": ("moengage", "max_retries"),
-    "COHORTSYNC_LISTEN": ("daemon", "listen"),
-    "COHORTSYNC_INTERVAL": ("daemon", "interval"),
-    "COHORTSYNC_DEBOUNCE": ("daemon", "debounce"),
-    "COHORTSYNC_TOKEN": ("daemon", "token"),
-    "COHORTSYNC_WEBHOOK_SECRET": ("daemon", "webhook_secret"),
-    "COHORTSYNC_GIT_PULL": ("daemon", "git_pull"),
-}
-CONNECTION_PREFIX = "COHORTSYNC_CONNECTION_"  # COHORTSYNC_CONNECTION_WAREHOUSE=postgresql://...
-_BOOLEAN = {"prune", "git_pull"}
-_INTEGER = {"max_payload_bytes", "max_retries", "parallel_plan_min"}
+CONNECTION_PREFIX = next(k.env for k in KEYS if k.kind.named)  # COHORTSYNC_CONNECTION_WAREHOUSE=postgresql://...
 
 
 def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,86 +73,45 @@ def _expand(value: Any, env: Mapping[str, str], file: str, path: tuple[str, ...]
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for var, keys in ENV_KEYS.items():
-        if env.get(var) not in (None, ""):
-            target = data
-            for key in keys[:-1]:
-                if not isinstance(target.get(key), dict):
-                    target[key] = {}
-                target = target[key]
-            target[keys[-1]] = _typed(keys[-1], env[var], var)
+    for key in KEYS:
+        if key.kind.named or env.get(key.env) in (None, ""):
+            continue
+        *groups, name = key.path.split(".")
+        target = data
+        for group in groups:
+            if not isinstance(target.get(group), dict):
+                target[group] = {}
+            target = target[group]
+        target[name] = _parsed(key.kind.from_env, env[key.env], "environment", key.env)
     for var, value in env.items():
         if var.startswith(CONNECTION_PREFIX) and value:
             data.setdefault("connections", {})[var[len(CONNECTION_PREFIX):].lower()] = value
 
 
-def _typed(key: str, value: str, var: str) -> Any:
-    if key in _BOOLEAN:
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{value!r} is not a boolean: use true or false", file="environment", field=var)
-    if key in _INTEGER:
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{value!r} is not a whole number", file="environment", field=var) from None
-    return value
-
-
 def _settings(data: dict[str, Any], base: Path, file: str | None) -> Settings:
-    where = file or "environment"
-    moe, daemon = data.get("moengage") or {}, data.get("daemon") or {}
+    return Settings(**_values(Settings, data, base, file or "environment", ""), config_file=file)
+
+
+def _values(cls: type, data: dict[str, Any], base: Path, where: str, prefix: str) -> dict[str, Any]:
+    """The fields of one settings dataclass from its part of the config; an unset or null key keeps its default."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = f.metadata.get("key")
+        if key is not None:
+            raw = key.default if data.get(f.name) is None else data[f.name]
+            if raw is not None:  # else the dataclass default: None, or no connections
+                values[f.name] = _parsed(key.kind.parse, raw, where, prefix + f.name, base)
+        elif dataclasses.is_dataclass(f.default_factory):
+            group = data.get(f.name) or {}
+            values[f.name] = f.default_factory(**_values(f.default_factory, group, base, where, f"{prefix}{f.name}."))
+    return values
+
+
+def _parsed(parse: Callable[..., Any], value: Any, file: str, field: str, *args: Any) -> Any:
     try:
-        moengage = MoEngageSettings(
-            workspace_id=str(moe.get("workspace_id") or ""),
-            api_key=Secret(str(moe.get("api_key") or "")),
-            dc=str(moe.get("dc") or "01"),
-            base_url=moe.get("base_url") or None,
-            rate_limit=_parsed(RateLimit.parse, moe.get("rate_limit", "300/60s"), where, "moengage.rate_limit"),
-            max_payload_bytes=int(moe.get("max_payload_bytes", 128_000)),
-            timeout=_parsed(parse_duration, moe.get("timeout", 30), where, "moengage.timeout"),
-            max_retries=int(moe.get("max_retries", 6)),
-        )
-        daemon_settings = DaemonSettings(
-            listen=str(daemon.get("listen", "127.0.0.1:8787")),
-            interval=_parsed(parse_duration, daemon.get("interval", "15m"), where, "daemon.interval"),
-            debounce=_parsed(parse_duration, daemon.get("debounce", "2s"), where, "daemon.debounce"),
-            token=Secret(str(daemon.get("token") or "")),
-            webhook_secret=Secret(str(daemon.get("webhook_secret") or "")),
-            git_pull=bool(daemon.get("git_pull", False)),
-        )
+        return parse(value, *args)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc), file=where) from exc
-    cohorts_dir = Path(data.get("cohorts_dir") or "cohorts")
-    return Settings(
-        cohorts_dir=cohorts_dir if cohorts_dir.is_absolute() else base / cohorts_dir,
-        state_url=sqlite_relative_to(str(data.get("state_url") or "sqlite:///state/cohortsync.db"), base),
-        partner=str(data.get("partner") or "cohortsync"),
-        prune=bool(data.get("prune", False)),
-        moengage=moengage,
-        connections={k: Secret(sqlite_relative_to(str(v), base)) for k, v in (data.get("connections") or {}).items() if v},
-        daemon=daemon_settings,
-        statement_timeout=_parsed(parse_duration, data.get("statement_timeout", "5m"), where, "statement_timeout"),
-        parallel_plan_min=int(data.get("parallel_plan_min", PARALLEL_PLAN_MIN)),
-        config_file=file,
-    )
-
-
-def _parsed(parse: Any, value: Any, file: str, field: str) -> Any:
-    try:
-        return parse(value)
-    except ValueError as exc:
         raise ConfigError(str(exc), file=file, field=field) from exc
-
-
-def sqlite_relative_to(url: str, base: Path) -> str:
-    """Relative SQLite paths are taken from the config file's folder, not the working directory."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url[len(prefix):] not in ("", ":memory:"):
-        return prefix + str(base / url[len(prefix):])
-    return url
 
 
 def require_credentials(settings: Settings) -> None:

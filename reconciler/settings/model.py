@@ -2,14 +2,21 @@
 
 Built once from the operator config (see config.py) and passed in explicitly: the CLI, the
 daemon and the tests construct the same objects, and nothing reads the environment later.
+
+Each field that an operator sets is declared once, with `setting(...)`: its default as written in
+cohortsync.yaml, its kind (type and unit), its environment variable and one line of meaning.
+Everything else is derived from that declaration: the dataclass default, the config builder and
+the environment mapping (config.py), and the flat list of keys (keys.py) that the README's table
+and schema/config.schema.json are tested against.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-DEFAULT_RATE = "300/60s"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*$")
@@ -74,20 +81,113 @@ class RateLimit:
         return f"{self.requests}/{self.window:g}s"
 
 
+def sqlite_relative_to(url: str, base: Path) -> str:
+    """Relative SQLite paths are taken from the config file's folder, not the working directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url[len(prefix):] not in ("", ":memory:"):
+        return prefix + str(base / url[len(prefix):])
+    return url
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean: use true or false")
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def _path(value: Any, base: Path | None) -> Path:
+    path = Path(value)
+    return path if base is None or path.is_absolute() else base / path
+
+
+def _url(value: Any, base: Path | None) -> str:
+    return str(value) if base is None else sqlite_relative_to(str(value), base)
+
+
+def _urls(value: Any, base: Path | None) -> dict[str, Secret]:
+    return {str(k): Secret(_url(v, base)) for k, v in (value or {}).items() if v}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a kind of value is written in cohortsync.yaml and the environment, and what it becomes."""
+
+    name: str  # the type column of the README's table
+    json: tuple[str, ...]  # the JSON types config.schema.json allows (besides null for a key with no default)
+    parse: Callable[[Any, Path | None], Any]  # YAML value -> setting; relative paths are taken from base
+    from_env: Callable[[str], Any] = str  # environment text -> YAML value
+    named: bool = False  # a mapping of names to values: `connections.NAME`, one variable per name
+
+
+TEXT = Kind("text", ("string",), lambda v, base: str(v))
+DC = Kind("text", ("string", "integer"), lambda v, base: str(v))  # text that the schema also takes as a number
+OPTIONAL_TEXT = Kind("text", ("string",), lambda v, base: str(v) or None)
+SECRET = Kind("secret", ("string",), lambda v, base: Secret(str(v)))
+FLAG = Kind("boolean", ("boolean",), lambda v, base: bool(v), _flag)
+COUNT = Kind("whole number", ("integer",), lambda v, base: int(v), _whole)
+DURATION = Kind("duration", ("string", "number"), lambda v, base: parse_duration(v))
+RATE = Kind("rate N/S", ("string",), lambda v, base: RateLimit.parse(v))
+PATH = Kind("path", ("string",), _path)
+URL = Kind("SQLAlchemy URL", ("string",), _url)
+URLS = Kind("SQLAlchemy URL", ("object",), _urls, named=True)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key, declared once: what keys.py lists and config.py reads."""
+
+    kind: Kind
+    default: Any  # as written in cohortsync.yaml; None: unset
+    env: str  # the environment variable; for a named kind, the prefix of one variable per name
+    doc: str  # the meaning, one line (Markdown)
+    unit: str = ""  # for numbers that are not durations: bytes, members, retries
+    path: str = ""  # "moengage.timeout": filled in by keys.py
+
+    @property
+    def name(self) -> str:
+        """The key as the README writes it: `connections.NAME` for a named kind."""
+        return f"{self.path}.NAME" if self.kind.named else self.path
+
+    @property
+    def variable(self) -> str:
+        """The environment variable as the README writes it: `COHORTSYNC_CONNECTION_NAME` for a named kind."""
+        return f"{self.env}NAME" if self.kind.named else self.env
+
+
+def setting(default: Any, kind: Kind, env: str, doc: str, unit: str = "") -> Any:
+    """A dataclass field for a config key: its default is the parsed `default`, its metadata the whole declaration."""
+    key = Key(kind, default, env, doc, unit)
+    if kind.named:
+        return field(default_factory=dict, metadata={"key": key})
+    return field(default=None if default is None else kind.parse(default, None), metadata={"key": key})
+
+
 @dataclass(frozen=True)
 class MoEngageSettings:
     """How to reach the Cohort Sync API and at what pace."""
 
-    workspace_id: str = ""
-    api_key: Secret = field(default_factory=lambda: Secret(""))
-    dc: str = "01"
-    base_url: str | None = None  # overrides dc: the emulator or a proxy
-    rate_limit: RateLimit = field(default_factory=lambda: RateLimit.parse(DEFAULT_RATE))
-    max_payload_bytes: int = 128_000  # request body limit, bytes
-    timeout: float = 30.0  # seconds per request
-    max_retries: int = 6  # retries of one batch on 5xx, dropped connections, timeouts
-    backoff_base: float = 0.5  # seconds; doubles per retry, with full jitter
-    backoff_max: float = 30.0  # seconds; cap of one backoff sleep
+    dc: str = setting("01", DC, "MOENGAGE_DC", "data centre: `https://api-{dc}.moengage.com`")
+    base_url: str | None = setting(None, OPTIONAL_TEXT, "MOENGAGE_BASE_URL", "overrides `dc` (the emulator, a proxy)")
+    workspace_id: str = setting("", TEXT, "MOENGAGE_WORKSPACE_ID", "Basic-auth user and `MOE-APPKEY`")
+    api_key: Secret = setting("", SECRET, "MOENGAGE_API_KEY", "Basic-auth password (the Data API key)")
+    rate_limit: RateLimit = setting("300/60s", RATE, "COHORTSYNC_RATE_LIMIT", "at most N requests in any window of S")
+    max_payload_bytes: int = setting(128_000, COUNT, "COHORTSYNC_MAX_PAYLOAD_BYTES", "request body limit", "bytes")
+    timeout: float = setting("30s", DURATION, "COHORTSYNC_TIMEOUT", "per request")
+    max_retries: int = setting(6, COUNT, "COHORTSYNC_MAX_RETRIES", "retries of one batch on 5xx, drops, timeouts",
+                               "retries")
+    backoff_base: float = setting("500ms", DURATION, "COHORTSYNC_BACKOFF_BASE",
+                                  "the first retry's backoff; it doubles with each retry (equal jitter: a draw "
+                                  "between half of it and all of it)")
+    backoff_max: float = setting("30s", DURATION, "COHORTSYNC_BACKOFF_MAX", "the longest backoff before one retry")
 
     @property
     def url(self) -> str:
@@ -99,28 +199,31 @@ class MoEngageSettings:
 class DaemonSettings:
     """The long-lived `run` process."""
 
-    listen: str = "127.0.0.1:8787"
-    interval: float = 900.0  # seconds: default cohort schedule
-    debounce: float = 2.0  # seconds: file events closer than this make one reconcile
-    token: Secret = field(default_factory=lambda: Secret(""))
-    webhook_secret: Secret = field(default_factory=lambda: Secret(""))
-    git_pull: bool = False
-
-
-PARALLEL_PLAN_MIN = 1_000_000  # below this, starting a helper process costs more than it saves
+    listen: str = setting("127.0.0.1:8787", TEXT, "COHORTSYNC_LISTEN", "the daemon's HTTP address")
+    interval: float = setting("15m", DURATION, "COHORTSYNC_INTERVAL", "default cohort schedule")
+    debounce: float = setting("2s", DURATION, "COHORTSYNC_DEBOUNCE", "file events closer than this make one reconcile")
+    token: Secret = setting("", SECRET, "COHORTSYNC_TOKEN", "bearer token for `POST /reconcile`")
+    webhook_secret: Secret = setting("", SECRET, "COHORTSYNC_WEBHOOK_SECRET",
+                                     "GitHub webhook secret (`X-Hub-Signature-256`)")
+    git_pull: bool = setting(False, FLAG, "COHORTSYNC_GIT_PULL", "`git pull --ff-only` before a triggered reconcile")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything an operator configures."""
+    """Everything an operator configures; `moengage` and `daemon` are the keys' groups (`moengage.dc`)."""
 
-    cohorts_dir: Path = Path("cohorts")
-    state_url: str = "sqlite:///state/cohortsync.db"
-    partner: str = "cohortsync"
-    prune: bool = False
+    cohorts_dir: Path = setting("cohorts", PATH, "COHORTSYNC_COHORTS_DIR", "where the specs live")
+    state_url: str = setting("sqlite:///state/cohortsync.db", URL, "COHORTSYNC_STATE_URL",
+                             "the state database; PostgreSQL for HA")
+    partner: str = setting("cohortsync", TEXT, "COHORTSYNC_PARTNER", "sent as `partner`")
+    prune: bool = setting(False, FLAG, "COHORTSYNC_PRUNE", "empty cohorts whose spec was deleted")
+    statement_timeout: float = setting("5m", DURATION, "COHORTSYNC_STATEMENT_TIMEOUT", "how long a source query may run")
+    # below a million members, starting a helper process costs more than it saves
+    parallel_plan_min: int = setting(1_000_000, COUNT, "COHORTSYNC_PARALLEL_PLAN_MIN",
+                                     "synced members from which a plan reads the state in a helper process and "
+                                     "diffs with GNU `comm` (see Performance); `0`: always", "members")
     moengage: MoEngageSettings = field(default_factory=MoEngageSettings)
-    connections: dict[str, Secret] = field(default_factory=dict)  # URLs may hold passwords
+    connections: dict[str, Secret] = setting(None, URLS, "COHORTSYNC_CONNECTION_",
+                                             "a warehouse for `sql` sources (`connection: NAME`)")
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
-    statement_timeout: float = 300.0  # seconds a source query may run
-    parallel_plan_min: int = PARALLEL_PLAN_MIN  # synced members from which a plan uses a helper process and comm
-    config_file: str | None = None
+    config_file: str | None = None  # where the settings came from; not a key

@@ -44,7 +44,7 @@ class Source(Protocol):
 
 
 def normalize(value: Any) -> str | None:
-    """DESIGN.md's rule: strings stripped, empties skipped, numbers as decimal text."""
+    """The README's rule for uids (Cohort specs): strings stripped, empties skipped, numbers as decimal text."""
     if value is None:
         return None
     if isinstance(value, bool):

@@ -1,9 +1,10 @@
-"""MoEngage's naming rules, shared by spec validation, the client's checks and the emulator."""
+"""MoEngage's cohort-name rule, as the emulator enforces it.
+
+Specs are checked against the same rule by the `name` pattern of schema/cohort.schema.json
+(where an editor sees it too); tests/test_validate.py keeps the two in step.
+"""
 from __future__ import annotations
 
-import re
-
-COHORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 NAME_FORBIDDEN = '|*?\\:<>=$"'
 
 
