@@ -55,7 +55,7 @@ class FaultySession(requests.Session):
             return super().post(url, *args, **kwargs)
         if self.fault == "kill_before_send":
             raise Killed
-        resp = super().post(url, *args, **kwargs)  # MoEngage applies it
+        super().post(url, *args, **kwargs)  # MoEngage applies it
         if self.fault == "kill_after_apply":
             raise Killed
         if self.fault == "lose_answer":

@@ -180,12 +180,14 @@ class Planner:
         if tools and isinstance(source, FileSource) and source.plain_ascii():
             return self._spill_diff(prepared, spec, str(source.path), synced, tools, uncertain)
         try:
-            return self._spill_diff(prepared, spec, checked(source.chunks()), synced, tools, uncertain)
+            with reading(source) as chunks:
+                return self._spill_diff(prepared, spec, checked(chunks), synced, tools, uncertain)
         except OutOfOrder as exc:
             log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
             prepared.close()
         if tools and not self.digest_desired:  # sort -u orders it on its way to comm (a digest needs it in order)
-            return self._spill_diff(prepared, spec, source.chunks(), synced, tools, uncertain.fresh(), unsorted=True)
+            with reading(source) as chunks:
+                return self._spill_diff(prepared, spec, chunks, synced, tools, uncertain.fresh(), unsorted=True)
         presorted = getattr(source, "sorted_by_tool", lambda: None)()
         if presorted is not None:
             try:
@@ -193,7 +195,8 @@ class Planner:
             except (OutOfOrder, SourceError) as exc:
                 log.debug("cohort %s: sorting the file as is did not do (%s); sorting it uid by uid", spec.id, exc)
                 prepared.close()
-        self._spill_diff(prepared, spec, external_sort(source.chunks()), synced, tools, uncertain.fresh())
+        with reading(source) as chunks:
+            self._spill_diff(prepared, spec, external_sort(chunks), synced, tools, uncertain.fresh())
 
     def _spill_diff(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]] | str,
                     synced: SyncedMembers, tools: bool, uncertain: Unconfirmed, *, unsorted: bool = False) -> None:
@@ -252,6 +255,19 @@ def _hashing(chunks: Iterable[list[str]], digest: "hashlib._Hash") -> Iterator[l
     for chunk in chunks:
         digest.update("\n".join(chunk).encode("utf-8") + b"\n")
         yield chunk
+
+
+@contextmanager
+def reading(source: Source) -> Iterator[Iterator[list[str]]]:
+    """A source's chunks, closed when the attempt ends: a query given up half-read (found out of
+    order) ends its transaction now, on a live connection, not whenever the collector gets to it."""
+    chunks = source.chunks()
+    try:
+        yield chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 @contextmanager
