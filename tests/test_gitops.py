@@ -77,7 +77,7 @@ def test_a_saved_plan_applies_exactly(repo, emulator, capsys, tmp_path):
     assert emulator.members("beta") == USERS[:100]
 
 
-@pytest.mark.parametrize("move", ["source", "spec", "state", "new cohort"])
+@pytest.mark.parametrize("move", ["source", "spec", "state", "new cohort", "unconfirmed"])
 def test_a_stale_saved_plan_is_refused(repo, emulator, capsys, tmp_path, move):
     repo.file_cohort("beta", USERS[:100])
     repo.file_cohort("vip", USERS[:10])
@@ -93,13 +93,19 @@ def test_a_stale_saved_plan_is_refused(repo, emulator, capsys, tmp_path, move):
         assert repo.run(capsys, "apply", "--cohort", "vip")[0] == 0
         repo.uids("vip", USERS[:10])
         assert repo.run(capsys, "apply", "--cohort", "vip")[0] == 0
+    elif move == "unconfirmed":  # a batch sent since, whose answer never came
+        emulator.configure(lose_answer_rate=1.0)
+        repo.uids("vip", USERS[:12])
+        assert repo.run(capsys, "apply", "--cohort", "vip")[0] == 1
+        emulator.configure(lose_answer_rate=0.0)
+        repo.uids("vip", USERS[:10])
     else:
         repo.file_cohort("new", USERS[:3])
     before = len(emulator.requests())
     code, _, err = repo.run(capsys, "apply", "--plan", plan)
     assert code == 1 and "is stale, nothing was sent" in err
     expected = {"source": "cohort beta:", "spec": "cohort beta:", "state": "the state moved on",
-                "new cohort": "cohort new is new"}[move]
+                "new cohort": "cohort new is new", "unconfirmed": "cohort vip:"}[move]
     assert expected in err
     assert len(emulator.requests()) == before
 

@@ -23,6 +23,8 @@ class Metrics:
         self.throttled = Counter("cohortsync_throttled", "429 answers waited out", registry=r)
         self.rate_waits = Counter("cohortsync_rate_limit_waits", "Requests that waited for the rate window", registry=r)
         self.synced = Gauge("cohortsync_synced_members", "Members synced per cohort", ["cohort"], registry=r)
+        self.unconfirmed = Gauge("cohortsync_unconfirmed_members", "Uids of batches whose answer never came, per "
+                                 "cohort: the next plan settles them", ["cohort"], registry=r)
         self.last_success = Gauge("cohortsync_last_success_timestamp_seconds", "Last time a cohort converged",
                                   ["cohort"], registry=r)
         self.triggers = Counter("cohortsync_triggers", "Reconciles asked for, by source", ["source"], registry=r)
@@ -30,7 +32,8 @@ class Metrics:
         self._seen = ClientStats()
         self._rate_waits_seen = 0
 
-    def observe_run(self, report: RunReport, seconds: float, synced: dict[str, int], converged_at: dict[str, float]) -> None:
+    def observe_run(self, report: RunReport, seconds: float, synced: dict[str, int], converged_at: dict[str, float],
+                    unconfirmed: dict[str, int] | None = None) -> None:
         self.duration.observe(seconds)
         for o in report.outcomes:
             self.reconciles.labels(o.result).inc()
@@ -42,6 +45,8 @@ class Metrics:
             self.synced.labels(cohort).set(count)
         for cohort, ts in converged_at.items():
             self.last_success.labels(cohort).set(ts)
+        for cohort, count in (unconfirmed or {}).items():
+            self.unconfirmed.labels(cohort).set(count)
 
     def observe_client(self, stats: ClientStats, rate_waits: int) -> None:
         """Fold the client's counters in, by difference since the last look."""

@@ -146,7 +146,8 @@ class Daemon:
         records = self.state.cohorts()
         self.metrics.observe_run(report, time.monotonic() - started,
                                  {cid: r.synced_count for cid, r in records.items()},
-                                 {cid: r.last_success_at for cid, r in records.items() if r.last_success_at})
+                                 {cid: r.last_success_at for cid, r in records.items() if r.last_success_at},
+                                 {cid: r.unconfirmed for cid, r in records.items()})
         self.metrics.observe_client(self.client.stats, self.client.limiter.waits)
         now = time.time()
         with self._lock:
