@@ -1,0 +1,200 @@
+"""cohortsync as its users get it: built into an sdist and a wheel, installed into a fresh venv.
+
+Every other test imports the source tree through an editable install, so a module or a data file
+left out of the wheel would pass them all and crash for every user. Here the sdist is built from a
+clean copy of the repository (its tracked files only), the wheel from that sdist, the wheel is
+installed (not editable) into a new venv, and every command a user runs is run from a folder
+outside the repository. Any traceback or missing file fails the test.
+
+The build and the venv are made once per session and shared (one xdist group), to keep CI lean.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from reconciler import __version__
+from reconciler.emulator.process import EmulatorProcess
+from tests.daemon_process import TOKEN, DaemonProcess, eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE, API_KEY = "WS_INSTALLED", "installed-key-DO-NOT-LOG"
+BROKEN = re.compile(r"Traceback|No such file or directory|FileNotFoundError|ModuleNotFoundError|ImportError")
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("installed")]
+
+
+def clean_copy(dest: Path) -> Path:
+    """The files git tracks (or would: new ones not ignored), as a fresh clone has them; symlinks stay links."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = ROOT / name
+        if not src.is_symlink() and not src.exists():  # deleted in the work tree, not yet committed
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / name, follow_symlinks=False)
+    return dest
+
+
+def build(source: Path, out: Path, *kinds: str) -> list[Path]:
+    """`python -m build` without isolation: the build backend is the one the test extra installed."""
+    subprocess.run([sys.executable, "-m", "build", "--no-isolation", *kinds, "--outdir", str(out), str(source)],
+                   check=True, capture_output=True, timeout=300)
+    return sorted(out.iterdir())
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sdist, and the wheel built from it (as `python -m build` does by default)."""
+    base = tmp_path_factory.mktemp("dist")
+    built = build(clean_copy(base / "src"), base / "out")
+    return {"sdist": next(p for p in built if p.suffixes[-2:] == [".tar", ".gz"]),
+            "wheel": next(p for p in built if p.suffix == ".whl")}
+
+
+@pytest.fixture(scope="session")
+def venv(dist: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new venv with the wheel installed as a user installs it; its bin folder."""
+    where = tmp_path_factory.mktemp("venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
+    subprocess.run([str(where / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    str(dist["wheel"])], check=True, timeout=480)
+    return where / "bin"
+
+
+def user_env(bin_dir: Path, home: Path, **extra: str) -> dict[str, str]:
+    """What a user's shell has: the venv first on PATH, no PYTHONPATH, no credentials unless given."""
+    return {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **extra}
+
+
+def cli(bin_dir: Path, *args: str, cwd: Path, env: dict[str, str], code: int = 0) -> str:
+    """Run the installed `cohortsync`; fail on an unexpected exit code, a traceback or a missing file."""
+    done = subprocess.run([str(bin_dir / "cohortsync"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=180)
+    both = done.stdout + done.stderr
+    assert done.returncode == code, f"cohortsync {' '.join(args)} exited {done.returncode}:\n{both}"
+    assert not BROKEN.search(both), f"cohortsync {' '.join(args)}:\n{both}"
+    return done.stdout
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder outside the repository: nothing of the source tree is reachable from here."""
+    assert ROOT not in tmp_path.parents
+    return tmp_path
+
+
+def test_the_wheel_holds_every_module_and_data_file(dist: dict[str, Path]):
+    with zipfile.ZipFile(dist["wheel"]) as whl:
+        names = set(whl.namelist())
+    package = ROOT / "reconciler"
+    expected = {str(p.relative_to(ROOT)) for p in package.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+    assert expected and expected - names == set()
+    assert {"reconciler/schema/cohort.schema.json", "reconciler/schema/config.schema.json"} <= names
+    for example in (ROOT / "cohorts").rglob("*"):
+        if example.is_file() and example.suffix != ".db":
+            assert f"reconciler/cli/assets/cohorts/{example.relative_to(ROOT / 'cohorts')}" in names, example
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    with zipfile.ZipFile(dist["wheel"]) as whl:
+        metadata = whl.read(meta).decode()
+    for field in ("Summary:", "License-Expression:", "Project-URL:", "Classifier:", "Requires-Python:"):
+        assert field in metadata, field
+    assert f"Version: {__version__}\n" in metadata
+
+
+def test_every_command_runs_from_the_installed_wheel(venv: Path, outside: Path):
+    env = user_env(venv, outside)
+    assert cli(venv, "--version", cwd=outside, env=env).strip() == f"cohortsync {__version__}"
+    where = subprocess.run([str(venv / "python"), "-c", "import reconciler; print(reconciler.__file__)"],
+                           cwd=outside, env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(venv.parent)), where
+
+    cli(venv, "init", "team", cwd=outside, env=env)
+    team = outside / "team"
+    cli(venv, "validate", cwd=team, env=env)
+    assert "example" in cli(venv, "plan", cwd=team, env=env)
+
+    with EmulatorProcess("--workspace-id", WORKSPACE, "--api-key", API_KEY,
+                         command=[str(venv / "cohortsync")], env=env, cwd=outside) as emu:
+        creds = user_env(venv, outside, MOENGAGE_BASE_URL=emu.url, MOENGAGE_WORKSPACE_ID=WORKSPACE,
+                         MOENGAGE_API_KEY=API_KEY, COHORTSYNC_TOKEN=TOKEN)
+        assert "converged" in cli(venv, "apply", cwd=team, env=creds)
+        assert "example" in cli(venv, "status", cwd=team, env=creds)
+        assert "example" in cli(venv, "history", cwd=team, env=creds)
+        members = emu.members("example")
+        assert members
+
+        uids = team / "cohorts" / "uids" / "example.txt"
+        uids.write_text(uids.read_text() + "u-installed-1\n")
+        daemon = DaemonProcess(team / "cohortsync.yaml", outside / "daemon.log", env=creds,
+                               command=[str(venv / "cohortsync")], cwd=team)
+        try:
+            eventually(lambda: "u-installed-1" in emu.members("example"), timeout=30)
+            assert daemon.request("GET", "/healthz")[0] == 200
+            port = daemon.url.rsplit(":", 1)[1]
+            assert healthcheck(venv, port, env) == 0
+            assert "accepted" in cli(venv, "trigger", "--url", daemon.url, cwd=team, env=creds)
+        finally:
+            assert daemon.stop(signal.SIGTERM) == 0, daemon.logs()
+        assert not BROKEN.search(daemon.logs()), daemon.logs()
+    assert not BROKEN.search((outside / "daemon.log").read_text())
+
+
+def test_demo_and_init_from_the_installed_wheel(venv: Path, outside: Path):
+    env = user_env(venv, outside)
+    first = cli(venv, "demo", cwd=outside, env=env)
+    assert "All cohorts converged." in first
+    assert (outside / "cohortsync-demo" / "cohorts").is_dir()
+    again = cli(venv, "demo", "--dir", "cohortsync-demo", cwd=outside, env=env)
+    assert "No changes. MoEngage matches the specs." in again
+
+
+def healthcheck(venv: Path, port: str, env: dict[str, str]) -> int:
+    """The Dockerfile's own HEALTHCHECK command, run by the installed Python against a live daemon."""
+    after = (ROOT / "deploy/Dockerfile").read_text().split("HEALTHCHECK", 1)[1]
+    argv = json.loads(re.search(r"CMD (\[.*\])$", after, re.M).group(1))
+    argv = [str(venv / argv[0]), *(a.replace("8787", port) for a in argv[1:])]
+    return subprocess.run(argv, env=env, timeout=30).returncode
+
+
+def dockerfile_copies() -> list[str]:
+    """The build-context paths the Dockerfile copies (not those from another stage)."""
+    paths = []
+    for line in (ROOT / "deploy/Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            paths += [w for w in words[1:-1] if not w.startswith("--")]
+    return paths
+
+
+def test_the_dockerfile_copies_what_exists_and_builds_the_same_wheel(dist: dict[str, Path], venv: Path,
+                                                                        tmp_path: Path):
+    copies = dockerfile_copies()
+    assert copies and [p for p in copies if not (ROOT / p).exists()] == []
+    clean, context = clean_copy(tmp_path / "clean"), tmp_path / "context"
+    for path in copies:  # the build stage sees only these, as a clean clone has them
+        src, dest = clean / path, context / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dest, symlinks=True)
+        else:
+            shutil.copy2(src, dest, follow_symlinks=False)
+    wheel = build(context, tmp_path / "out", "--wheel")[0]
+    with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(dist["wheel"]) as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
+    text = (ROOT / "deploy/Dockerfile").read_text()
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    assert (venv / entry[0]).is_file()
+    cli(venv, *entry[1:], *cmd, "--help", cwd=tmp_path, env=user_env(venv, tmp_path))
