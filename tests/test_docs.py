@@ -38,3 +38,10 @@ def test_every_module_is_in_the_readme_map():
         if folder not in section or path.stem not in section:
             missing.append(str(path.relative_to(ROOT)))
     assert missing == []
+
+
+def test_the_readme_first_screen_shows_three_ways_in():
+    """A newcomer sees at once: the clone's make targets, the installed demo, and init for a real team."""
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:45])
+    for way in ("make demo", "make test", "pipx install", "cohortsync demo", "cohortsync init"):
+        assert way in first_screen, way
