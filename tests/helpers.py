@@ -1,10 +1,14 @@
 """Building throwaway cohort repositories and running the CLI in-process."""
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import textwrap
 from typing import TYPE_CHECKING
 from pathlib import Path
 
+import pytest
 import yaml
 
 from reconciler.cli.main import main
@@ -75,3 +79,13 @@ def warehouse(path: Path, uids: list[str], table: str = "t") -> tuple[str, "sa.E
 def synced(state: "StateStore", cohort_id: str) -> list[str]:
     """A cohort's synced members from the state, flattened from its chunks."""
     return [uid for chunk in state.synced_chunks(cohort_id) for uid in chunk]
+
+
+def linter(name: str, package: str) -> str:
+    """A linter the test extra installs, by path: skipped where it is missing, mandatory in CI."""
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(found).exists():
+        if os.environ.get("CI") or os.environ.get("COHORTSYNC_REQUIRE_POSTGRES"):
+            pytest.fail(f"{name} is missing (pip install {package}): mandatory in CI")
+        pytest.skip(f"{name} is not installed (pip install {package})")
+    return found

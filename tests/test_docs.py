@@ -55,3 +55,10 @@ def test_every_place_in_where_decisions_live_exists():
         missing += [f"{path}: {name}" for name in re.findall(r"`(\w+)`", names or "")
                     if not re.search(rf"^\s*(def|class) {name}\b", file.read_text(), re.MULTILINE)]
     assert missing == []
+
+
+def test_the_readme_first_screen_shows_three_ways_in():
+    """A newcomer sees at once: the clone's make targets, the installed demo, and init for a real team."""
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:45])
+    for way in ("make demo", "make test", "pipx install", "cohortsync demo", "cohortsync init"):
+        assert way in first_screen, way

@@ -1,8 +1,11 @@
-"""`cohortsync demo`: the example cohorts applied to a local emulator, end to end.
+"""`cohortsync demo [--dir DIR]`: the example cohorts applied to a local emulator, end to end.
 
-It builds a small SQLite warehouse in state/, starts the emulator as a real process with its
-segments in state/emulator.db, plans and applies the example cohorts, and shows the segments
-the emulator now holds. Run it again and it has nothing to change.
+It works from any folder, installed from a wheel: the examples ship in the package and are
+copied into DIR (./cohortsync-demo) where missing, so edits made there survive the next run. It
+builds a small SQLite warehouse in DIR/state/, starts the emulator as a real process with its
+segments in DIR/state/emulator.db, plans and applies the example cohorts, and shows the segments
+the emulator now holds. Run it again and it has nothing to change. `make demo` runs it on the
+repository itself (`--dir .`).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from reconciler.running import render
 from reconciler.cli.commands import reconciler_for
+from reconciler.cli.scaffold import ASSETS, SCHEMAS, copy_tree
 from reconciler.settings.config import load_settings
 from reconciler.emulator.process import EmulatorProcess
 from reconciler.state.leases import held
@@ -54,9 +58,22 @@ def demo_settings(settings: Settings, url: str, state_dir: Path) -> Settings:
     return dataclasses.replace(settings, moengage=moengage, connections=connections)
 
 
+def prepare(workspace: Path) -> Path:
+    """The demo's folder with the packaged examples copied in where missing; its config file."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    config = workspace / "cohortsync.yaml"
+    if not config.exists():
+        config.write_text((ASSETS / "cohortsync.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    for name, packaged in (("cohorts", ASSETS / "cohorts"), ("schema", SCHEMAS)):
+        if not (workspace / name).exists():  # a whole folder or nothing: a spec deleted there stays deleted
+            copy_tree(packaged, workspace / name)
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    state_dir = Path(settings.state_url.removeprefix("sqlite:///")).parent if settings.state_url.startswith("sqlite:///") else Path("state")
+    config = prepare(Path(args.dir))
+    settings = load_settings(args.config or str(config))
+    state_dir = Path(settings.state_url.removeprefix("sqlite:///")).parent if settings.state_url.startswith("sqlite:///") else Path(args.dir) / "state"
     build_warehouse(state_dir / "warehouse.db")
     users = state_dir / "demo_users.txt"
     users.write_text("".join(f"u{i:05d}\n" for i in range(1, CUSTOMERS + 1)))
@@ -74,5 +91,5 @@ def run(args: argparse.Namespace) -> int:
         print("== segments in the emulator")
         for seg in emu.segments().values():
             print(f"  {seg['cohort_id']:<20} {seg['cohort_name']:<32} {seg['size']:>6,} members")
-    print("\nRun `make demo` again: the plan says there is nothing to change.")
+    print(f"\nRun `cohortsync demo --dir {args.dir}` again: the plan says there is nothing to change.")
     return 0 if report.ok else 1

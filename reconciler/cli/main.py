@@ -66,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="reconciler.emulator.main:run")
 
     p = sub.add_parser("demo", parents=[common], help="the example cohorts applied to the emulator, end to end")
+    p.add_argument("--dir", default="cohortsync-demo", metavar="DIR",
+                   help="the demo's folder: the examples are copied in where missing, the state kept there "
+                        "(default: ./cohortsync-demo)")
     p.set_defaults(func="reconciler.cli.demo:run")
+
+    p = sub.add_parser("init", parents=[common], help="start a cohorts repository: config, an example, CI, pre-commit")
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where (default: the current folder)")
+    p.add_argument("--force", action="store_true", help="replace files that already exist")
+    p.set_defaults(func="reconciler.cli.scaffold:run")
     return parser
 
 

@@ -11,16 +11,19 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 
 class EmulatorProcess:
-    def __init__(self, *args: str, env: dict | None = None, stderr: Path | None = None) -> None:
-        cmd = [sys.executable, "-m", "reconciler", "emulator", "--port", "0", *args]
+    def __init__(self, *args: str, env: dict | None = None, stderr: Path | None = None,
+                 command: Sequence[str] = (sys.executable, "-m", "reconciler"), cwd: Path | None = None) -> None:
+        """`command` is how to run cohortsync: this interpreter by default, an installed script in a test."""
+        cmd = [*command, "emulator", "--port", "0", *args]
         self._stderr = open(stderr, "ab") if stderr else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, cwd=cwd)
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             self.proc.kill()
