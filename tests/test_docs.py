@@ -48,7 +48,7 @@ def test_every_place_in_where_decisions_live_exists():
     assert len(places) > 10
     missing = []
     for path, names in places:
-        file = ROOT / path if path.startswith(("schema/", "tests/")) else ROOT / "reconciler" / path
+        file = ROOT / path if path.startswith(("schema/", "tests/", "reconciler/")) else ROOT / "reconciler" / path
         if not file.is_file():
             missing.append(path)
             continue

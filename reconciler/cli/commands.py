@@ -32,7 +32,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 
 def validate(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    specs = load_specs(settings.cohorts_dir, settings.connections)
+    specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts)
     errors = specs.errors + missing_sources(specs)
     for err in errors:
         print(err, file=sys.stderr)

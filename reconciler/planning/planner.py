@@ -23,7 +23,7 @@ from reconciler.planning import textdiff
 from reconciler.planning.readahead import ReadAhead, SyncedMembers, synced_members
 from reconciler.planning.unconfirmed import Unconfirmed
 from reconciler.planning.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
-from reconciler.settings.model import Settings
+from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
 from reconciler.sources.reading import Engines, FileSource, Source, open_source
 from reconciler.specs.cohorts import CohortSpec
 from reconciler.state.store import CohortRecord, StateStore
@@ -95,9 +95,11 @@ class Planner:
     def envelope(self, action: str, cohort_id: str, name: str, description: str | None) -> Envelope:
         return Envelope(action, self.settings.partner, cohort_id, name, description)
 
-    def plan_cohort(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False) -> PreparedPlan:
-        """Diff one cohort's source against its synced members."""
-        plan = CohortPlan(spec.id, spec.name, UNCHANGED, description=spec.description, mode=spec.mode,
+    def plan_cohort(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False,
+                    workspace: str = DEFAULT_WORKSPACE) -> PreparedPlan:
+        """Diff one cohort's source against its synced members in one workspace."""
+        plan = CohortPlan(spec.id, spec.name, UNCHANGED, description=spec.description, workspace=workspace,
+                          mode=spec.mode,
                           file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest,
                           unconfirmed=record.unconfirmed if record else 0,
                           unconfirmed_since=record.unconfirmed_since if record else None)
@@ -108,9 +110,9 @@ class Planner:
             plan.source_digest = source.digest()
             if _unchanged_since(record, spec, plan.source_digest):
                 plan.desired = record.synced_count  # type: ignore[union-attr]
-                log.debug("cohort %s: spec and source unchanged since it converged", spec.id)
+                log.debug("cohort %s: spec and source unchanged since it converged", plan.key)
                 return prepared
-            uncertain = self.unconfirmed(spec.id, plan.unconfirmed)
+            uncertain = self.unconfirmed(plan.key, plan.unconfirmed)
             self._diff(prepared, spec, source, record, uncertain)
         except (SourceError, CohortApiError, StateError, OSError) as exc:  # OSError: a sort, a spill to disk
             prepared.close()
@@ -132,7 +134,8 @@ class Planner:
 
     def plan_orphan(self, record: CohortRecord, *, prune: bool, reason: str | None = None) -> PreparedPlan:
         """A cohort in state whose spec is gone: reported, emptied only when pruning."""
-        plan = CohortPlan(record.id, record.name, ORPHANED, description=record.description, synced=record.synced_count,
+        plan = CohortPlan(record.cohort, record.name, ORPHANED, description=record.description,
+                          workspace=record.workspace, synced=record.synced_count,
                           unconfirmed=record.unconfirmed, unconfirmed_since=record.unconfirmed_since)
         prepared = PreparedPlan(plan)
         if not prune:
@@ -155,16 +158,16 @@ class Planner:
         """Diff with both cores for a big cohort: a helper reads the state, GNU comm compares."""
         synced: SyncedMembers | None = None
         try:  # from before the helper starts, so that even Ctrl-C on the next line stops it
-            synced = synced_members(self.state, spec.id, record.synced_count if record else 0,
+            synced = synced_members(self.state, prepared.plan.key, record.synced_count if record else 0,
                                     self.settings.parallel_plan_min)  # it starts reading now
             tools = isinstance(synced, ReadAhead) and textdiff.available()
-            log.debug("cohort %s: synced members read %s; diffed by %s", spec.id,
+            log.debug("cohort %s: synced members read %s; diffed by %s", prepared.plan.key,
                       "by a helper process" if isinstance(synced, ReadAhead) else "here", "comm" if tools else "Python")
             with gc_paused():
                 try:
                     self._diff_in_order(prepared, spec, source, synced, tools, uncertain)
                 except textdiff.ToolFailed as exc:
-                    log.warning("cohort %s: %s; diffing it in Python instead", spec.id, exc)
+                    log.warning("cohort %s: %s; diffing it in Python instead", prepared.plan.key, exc)
                     prepared.close()
                     self._diff_in_order(prepared, spec, source, synced, False, uncertain.fresh())
         finally:
@@ -248,7 +251,7 @@ class Planner:
 
     def _spill(self, action: str, plan: CohortPlan, *, resend: bool = False) -> Spill:
         envelope = self.envelope(action, plan.id, plan.name, plan.description)
-        return Spill(envelope, self.settings.moengage.max_payload_bytes, resend=resend)
+        return Spill(envelope, self.settings.account(plan.workspace).max_payload_bytes, resend=resend)
 
 
 def _hashing(chunks: Iterable[list[str]], digest: "hashlib._Hash") -> Iterator[list[str]]:

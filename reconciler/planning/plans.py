@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.common.statuses import Status
+from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.specs.cohorts import MaxRemovals
+from reconciler.state.store import sync_key
 
 UNCHANGED, CHANGED, BLOCKED, ERROR, SUSPENDED, ORPHANED = (
     Status.UNCHANGED, Status.CHANGED, Status.BLOCKED, Status.ERROR, Status.SUSPENDED, Status.ORPHANED)
@@ -25,6 +27,7 @@ class CohortPlan:
     name: str
     status: Status
     description: str | None = None
+    workspace: str = DEFAULT_WORKSPACE  # where it is synced: the same cohort in two workspaces is two plans
     mode: str = "mirror"
     file: str | None = None
     desired: int | None = None
@@ -43,13 +46,19 @@ class CohortPlan:
     desired_digest: str | None = None  # of the desired set, when asked for (saved plans)
 
     @property
+    def key(self) -> str:
+        """The state's name for this cohort in this workspace."""
+        return sync_key(self.workspace, self.id)
+
+    @property
     def actionable(self) -> bool:
         """Whether apply sends anything for it."""
         return self.status in (CHANGED, ORPHANED) and (self.adds + self.removes) > 0
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "status": self.status, "mode": self.mode, "file": self.file,
+            "id": self.id, "name": self.name, "workspace": self.workspace, "status": self.status, "mode": self.mode,
+            "file": self.file,
             "desired": self.desired, "synced": self.synced, "adds": self.adds, "removes": self.removes,
             "requests": self.requests, "unconfirmed": self.unconfirmed, "unconfirmed_since": self.unconfirmed_since,
             "reason": self.reason, "forced": self.forced,
@@ -59,7 +68,7 @@ class CohortPlan:
 
 def fingerprint(plan: CohortPlan) -> str:
     """What a saved plan promises about one cohort: same inputs, same changes."""
-    parts = (str(plan.status), plan.spec_digest, plan.source_digest or plan.desired_digest, plan.synced, plan.adds,
+    parts = (plan.workspace, str(plan.status), plan.spec_digest, plan.source_digest or plan.desired_digest, plan.synced, plan.adds,
              plan.removes, plan.mode, plan.unconfirmed)
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 

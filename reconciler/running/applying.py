@@ -42,6 +42,7 @@ class CohortOutcome:
     seconds: float = 0.0
     unconfirmed: int = 0  # uids of the batch whose answer never came
     error: str | None = None
+    fatal: bool = False  # MoEngage refused the credentials or the account: nothing more goes to that workspace
 
     @property
     def ok(self) -> bool:
@@ -85,7 +86,7 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
             outcome.result = Status.UNCONFIRMED
             outcome.error = (f"{outcome.unconfirmed:,} uids sent with no answer ({exc}); "
                              "the next plan re-sends what settles them")
-        log.error("cohort %s: %s", plan.id, outcome.error)
+        log.error("cohort %s: %s", plan.key, outcome.error)
     finally:
         progress.finish()
         outcome.requests = stats.requests - start[0]
@@ -99,20 +100,20 @@ def _send(batch: Batch, spill: Spill, client: MoEngageClient, state: StateStore,
           outcome: CohortOutcome, progress: Progress) -> None:
     """Pending before send, settled on answer; a batch that may have been applied stays pending."""
     plan, action = outcome.plan, spill.envelope.action
-    batch_id = state.begin_batch(plan.id, plan.name, plan.description, action, list(batch.uids), run.run_id,
+    batch_id = state.begin_batch(plan.key, plan.name, plan.description, action, list(batch.uids), run.run_id,
                                  take_over=plan.unconfirmed > 0)
     settled = 0
     try:
         for part in client.send(batch):  # parts only after a 413 split, in order
             settled += len(part.uids)
-            state.settle_batch(batch_id, plan.id, action, list(part.uids), remaining=list(batch.uids[settled:]),
+            state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
                                write_members=not spill.resend)
             if action == "add_members":
                 outcome.sent_adds += len(part.uids)
             else:
                 outcome.sent_removes += len(part.uids)
             progress.advance(len(part.uids))
-            log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.id, action, len(part.uids),
+            log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.key, action, len(part.uids),
                      len(part.body))
     except (ApiError, Interrupted) as exc:
         if exc.maybe_applied:
@@ -133,12 +134,12 @@ def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome) -> None:
     try:
         state.record_run(run)
         if outcome.result == Status.PRUNED:
-            state.forget(plan.id)
+            state.forget(plan.key)
         elif outcome.result == Status.CONVERGED:
-            state.record_outcome(plan.id, plan.name, plan.description, status=Status.CONVERGED, converged=True,
+            state.record_outcome(plan.key, plan.name, plan.description, status=Status.CONVERGED, converged=True,
                                  spec_digest=plan.spec_digest, source_digest=plan.source_digest)
-            log.info("cohort %s: converged (+%d -%d)", plan.id, outcome.sent_adds, outcome.sent_removes)
+            log.info("cohort %s: converged (+%d -%d)", plan.key, outcome.sent_adds, outcome.sent_removes)
         else:
-            state.record_outcome(plan.id, plan.name, plan.description, status=outcome.result, error=outcome.error)
+            state.record_outcome(plan.key, plan.name, plan.description, status=outcome.result, error=outcome.error)
     except StateError as exc:
         outcome.result, outcome.error = Status.FAILED, f"{outcome.error or ''} {exc}".strip()

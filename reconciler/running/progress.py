@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import IO, Protocol
 
 from tqdm import tqdm
@@ -27,25 +28,32 @@ class NoProgress:
 
 
 class BarProgress:
-    """One tqdm bar per cohort being sent, on stderr, cleared when the cohort is done."""
+    """One tqdm bar per cohort being sent, on stderr, cleared when the cohort is done; workspaces
+    sent at the same time (one thread each) get a line each."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream or sys.stderr
-        self._bar: tqdm | None = None
+        self._bars: dict[int, tqdm] = {}
+        self._lock = threading.Lock()
 
     def start(self, plan: CohortPlan) -> None:
         self.finish()
-        self._bar = tqdm(total=plan.adds + plan.removes, desc=plan.id, unit="uid", unit_scale=True,
-                         file=self._stream, leave=False, dynamic_ncols=True)
+        with self._lock:
+            self._bars[threading.get_ident()] = tqdm(
+                total=plan.adds + plan.removes, desc=plan.key, unit="uid", unit_scale=True, file=self._stream,
+                leave=False, dynamic_ncols=True, position=len(self._bars))
 
     def advance(self, uids: int) -> None:
-        if self._bar is not None:
-            self._bar.update(uids)
+        bar = self._bars.get(threading.get_ident())
+        if bar is not None:
+            with self._lock:
+                bar.update(uids)
 
     def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        with self._lock:
+            bar = self._bars.pop(threading.get_ident(), None)
+            if bar is not None:
+                bar.close()
 
 
 def for_terminal(quiet: bool, stream: IO[str] | None = None) -> Progress:

@@ -6,24 +6,27 @@ loaded, a 401/403 stops the run, any other failure stops only its cohort.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reconciler.running.applying import CohortOutcome, execute
 from reconciler.moengage.client import MoEngageClient
-from reconciler.common.errors import FatalApiError
+from reconciler.common.errors import ConfigError, FatalApiError
 from reconciler.common.statuses import Status
 from reconciler.planning.planner import Planner, PreparedPlan
 from reconciler.running.progress import Progress
 from reconciler.planning.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan, fingerprint
-from reconciler.settings.model import Settings
+from reconciler.settings.config import require_credentials
+from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
 from reconciler.sources.reading import Engines
-from reconciler.specs.cohorts import SpecSet, load_specs
-from reconciler.state.store import CohortRecord, RunRecord, StateStore
+from reconciler.specs.cohorts import CohortSpec, SpecSet, load_specs
+from reconciler.state.store import CohortRecord, RunRecord, StateStore, sync_key
 
 log = logging.getLogger(__name__)
 STALE = "its spec, source or synced members changed since the saved plan was made: plan again"
@@ -33,7 +36,7 @@ STALE = "its spec, source or synced members changed since the saved plan was mad
 class RunReport:
     run_id: str
     outcomes: list[CohortOutcome] = field(default_factory=list)
-    stopped: str | None = None  # why the run stopped early (401/403)
+    stopped: str | None = None  # why the run (or a workspace's part of it) stopped early: 401/403, a shutdown
     dry_run: bool = False
 
     @property
@@ -44,85 +47,151 @@ class RunReport:
     def plans(self) -> list[CohortPlan]:
         return [o.plan for o in self.outcomes]
 
+    def stop(self, why: str) -> None:
+        self.stopped = why if not self.stopped or why in self.stopped else f"{self.stopped}; {why}"
+
 
 class Reconciler:
-    """Built once per process by the CLI or the daemon, from the same Settings."""
+    """Built once per process by the CLI or the daemon, from the same Settings.
+
+    Each (workspace, cohort) is its own sync; a run sends to different workspaces at the same
+    time, one thread each, every workspace at its own rate limit, so that one workspace failing or
+    throttled holds up none of the others.
+    """
 
     def __init__(self, settings: Settings, state: StateStore, client: MoEngageClient | None = None,
-                 stop: threading.Event | None = None, progress: Progress | None = None) -> None:
-        self.settings, self.state, self.client = settings, state, client
+                 stop: threading.Event | None = None, progress: Progress | None = None,
+                 clients: dict[str, MoEngageClient] | None = None) -> None:
+        self.settings, self.state = settings, state
         self.stop = stop or threading.Event()
         self.progress = progress
+        self.clients = dict(clients or {})
+        if client is not None:
+            self.clients.setdefault(DEFAULT_WORKSPACE, client)
+        self._own: list[MoEngageClient] = []  # clients made here, closed here
+        self._lock = threading.Lock()
         self.engines = Engines(settings.connections)
         self.planner = Planner(settings, state, self.engines)
 
+    @property
+    def client(self) -> MoEngageClient | None:
+        """The default workspace's client, when there is one."""
+        return self.clients.get(DEFAULT_WORKSPACE)
+
+    def client_for(self, workspace: str) -> MoEngageClient:
+        """The workspace's client (its own rate limiter), made on first use from its settings."""
+        with self._lock:
+            if workspace not in self.clients:
+                require_credentials(self.settings, [workspace])
+                client = MoEngageClient(self.settings.account(workspace), stop=self.stop)
+                self.clients[workspace] = client
+                self._own.append(client)
+            return self.clients[workspace]
+
     def close(self) -> None:
         self.engines.close()
+        for client in self._own:
+            client.close()
 
     def load(self) -> SpecSet:
-        return load_specs(self.settings.cohorts_dir, self.settings.connections)
+        return load_specs(self.settings.cohorts_dir, self.settings.connections, self.settings.accounts)
 
-    def plan(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None) -> list[CohortPlan]:
+    def plan(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
+             workspaces: Iterable[str] = ()) -> list[CohortPlan]:
         plans = []
-        for prepared in self.prepare(specs, only, force=force, prune=prune):
+        for prepared in self.prepare(specs, only, force=force, prune=prune, workspaces=workspaces):
             prepared.close()
             plans.append(prepared.plan)
         return plans
 
     def prepare(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False,
-                prune: bool | None = None, records: dict[str, CohortRecord] | None = None) -> Iterator[PreparedPlan]:
-        """Plan every selected cohort in turn; the caller closes each PreparedPlan."""
-        wanted = set(only)
+                prune: bool | None = None, records: dict[str, CohortRecord] | None = None,
+                workspaces: Iterable[str] = (), errors: bool = True) -> Iterator[PreparedPlan]:
+        """Plan every selected (workspace, cohort) in turn, by workspace then id; the caller closes each."""
+        wanted, in_workspaces = set(only), set(workspaces)
         prune = self.settings.prune if prune is None else prune
         records = self.state.cohorts() if records is None else records
-        for plan in spec_error_plans(specs):
-            if not wanted or plan.id in wanted:
-                yield PreparedPlan(plan)
-        for spec in sorted(specs.specs.values(), key=lambda s: s.id):
-            if not wanted or spec.id in wanted:
-                yield self.planner.plan_cohort(spec, records.get(spec.id), force=force)
-        for record in orphans(records, specs):
-            if not wanted or record.id in wanted:
-                if specs.complete:
-                    yield self.planner.plan_orphan(record, prune=prune)
-                else:
-                    yield self.planner.plan_orphan(record, prune=False, reason=(
-                        "its spec is gone, but some specs failed to load: not pruning until they do"))
+        if errors:
+            for plan in spec_error_plans(specs):
+                if not wanted or plan.id in wanted:
+                    yield PreparedPlan(plan)
+        for workspace, spec, record in targets(specs, records, self.settings.accounts):
+            if (wanted and (spec.id if spec else record.cohort) not in wanted) or \
+                    (in_workspaces and workspace not in in_workspaces):
+                continue
+            if spec is not None:
+                yield self.planner.plan_cohort(spec, record, force=force, workspace=workspace)
+            elif workspace not in self.settings.accounts:
+                yield self.planner.plan_orphan(record, prune=False, reason=(
+                    f"its workspace {workspace!r} is no longer in the config: members left as they are"))
+            elif specs.complete:
+                yield self.planner.plan_orphan(record, prune=prune)
+            else:
+                yield self.planner.plan_orphan(record, prune=False, reason=(
+                    "its spec is gone, but some specs failed to load: not pruning until they do"))
 
     def apply(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
-              dry_run: bool = False, trigger: str = "cli", expected: dict[str, str] | None = None) -> RunReport:
+              dry_run: bool = False, trigger: str = "cli", expected: dict[str, str] | None = None,
+              workspaces: Iterable[str] = ()) -> RunReport:
         """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused."""
         report = RunReport(uuid.uuid4().hex[:12], dry_run=dry_run)
         records = self.state.cohorts()
-        for prepared in self.prepare(specs, only, force=force, prune=prune, records=records):
-            try:
-                if expected is not None and fingerprint(prepared.plan) != expected.get(prepared.plan.id):
-                    report.outcomes.append(CohortOutcome(prepared.plan, Status.STALE, error=STALE))
-                    continue
-                report.outcomes.append(self._apply_one(prepared, records, report, trigger))
-            finally:
-                prepared.close()
-            if self.stop.is_set() and not report.stopped:
-                report.stopped = "shutting down"
-            if report.stopped:
-                break  # plan no more: nothing more will be sent in this run
+        wanted = set(only)
+        for plan in spec_error_plans(specs):
+            if not wanted or plan.id in wanted:
+                report.outcomes.append(self._apply_one(PreparedPlan(plan), records, report, trigger, expected))
+        chosen = set(workspaces)
+        groups = sorted({w for w, _, _ in targets(specs, records, self.settings.accounts)
+                         if not chosen or w in chosen})
+        work = functools.partial(self._apply_workspace, specs, only, force, prune, records, report, trigger, expected)
+        if len(groups) > 1 and not dry_run:
+            with ThreadPoolExecutor(len(groups), thread_name_prefix="workspace") as pool:
+                list(pool.map(work, groups))
+        else:
+            for group in groups:
+                work(group)
+        errors = len([o for o in report.outcomes if o.plan.spec_digest is None and o.plan.status == ERROR])
+        report.outcomes[errors:] = sorted(report.outcomes[errors:], key=lambda o: (
+            o.plan.workspace, o.plan.status == Status.ORPHANED, o.plan.id))
+        if self.stop.is_set():
+            report.stop("shutting down")
         return report
 
+    def _apply_workspace(self, specs: SpecSet, only: Iterable[str], force: bool, prune: bool | None,
+                         records: dict[str, CohortRecord], report: RunReport, trigger: str,
+                         expected: dict[str, str] | None, workspace: str) -> None:
+        """One workspace's cohorts in turn; a 401/403 or a shutdown stops this workspace only."""
+        for prepared in self.prepare(specs, only, force=force, prune=prune, records=records, workspaces=[workspace],
+                                     errors=False):
+            try:
+                outcome = self._apply_one(prepared, records, report, trigger, expected)
+            finally:
+                prepared.close()
+            report.outcomes.append(outcome)
+            if self.stop.is_set() or outcome.fatal:
+                break  # plan no more: nothing more will be sent to this workspace in this run
+
     def _apply_one(self, prepared: PreparedPlan, records: dict[str, CohortRecord], report: RunReport,
-                   trigger: str) -> CohortOutcome:
+                   trigger: str, expected: dict[str, str] | None) -> CohortOutcome:
         plan = prepared.plan
+        if expected is not None and fingerprint(plan) != expected.get(plan.key):
+            return CohortOutcome(plan, Status.STALE, error=STALE)
         if report.dry_run or not plan.actionable:
-            self._note_idle(plan, records.get(plan.id), report.dry_run)
+            self._note_idle(plan, records.get(plan.key), report.dry_run)
             return CohortOutcome(plan, plan.status, error=plan.reason if plan.status == ERROR else None)
-        assert self.client is not None, "apply needs a client"
-        run = RunRecord(report.run_id, plan.id, Status.RUNNING, time.time(), trigger,
+        run = RunRecord(report.run_id, plan.key, Status.RUNNING, time.time(), trigger,
                         planned_adds=plan.adds, planned_removes=plan.removes)
         try:
-            return execute(prepared, self.client, self.state, run, self.stop, self.progress)
-        except FatalApiError as exc:
-            report.stopped = f"MoEngage refused the credentials or the account: {exc}"
-            log.error("run stopped: %s", exc)
+            client = self.client_for(plan.workspace)
+        except ConfigError as exc:
             return CohortOutcome(plan, Status.FAILED, error=str(exc))
+        try:
+            return execute(prepared, client, self.state, run, self.stop, self.progress)
+        except FatalApiError as exc:
+            where = f"workspace {plan.workspace}: " if plan.workspace != DEFAULT_WORKSPACE else ""
+            report.stop(f"{where}MoEngage refused the credentials or the account: {exc}")
+            log.error("run stopped for workspace %s: %s", plan.workspace, exc)
+            return CohortOutcome(plan, Status.FAILED, error=str(exc), fatal=True)
 
     def _note_idle(self, plan: CohortPlan, record: CohortRecord | None, dry_run: bool) -> None:
         """Record what changed in a cohort's standing without sending; steady state writes nothing."""
@@ -132,17 +201,28 @@ class Reconciler:
             settled = (record is not None and record.converged and record.last_status == Status.CONVERGED
                        and record.spec_digest == plan.spec_digest and record.source_digest == plan.source_digest)
             if not settled:
-                self.state.record_outcome(plan.id, plan.name, plan.description, status=Status.CONVERGED, converged=True,
-                                          spec_digest=plan.spec_digest, source_digest=plan.source_digest)
+                self.state.record_outcome(plan.key, plan.name, plan.description, status=Status.CONVERGED,
+                                          converged=True, spec_digest=plan.spec_digest, source_digest=plan.source_digest)
         elif plan.status not in (CHANGED, ORPHANED) and (record is None or record.last_status != plan.status
                                                          or record.last_error != plan.reason):
             if record is not None or plan.status != ERROR:
-                self.state.record_outcome(plan.id, plan.name, plan.description, status=plan.status, error=plan.reason)
+                self.state.record_outcome(plan.key, plan.name, plan.description, status=plan.status, error=plan.reason)
+
+
+def targets(specs: SpecSet, records: dict[str, CohortRecord],
+            accounts: Iterable[str]) -> list[tuple[str, CohortSpec | None, CohortRecord | None]]:
+    """Every (workspace, spec, record) a run covers, by workspace then cohort id: each spec in each of
+    its workspaces, and each orphan (a record no spec targets any more) in its own."""
+    found = [(w, spec, records.get(sync_key(w, spec.id))) for spec in specs.specs.values() for w in spec.workspaces]
+    found += [(r.workspace, None, r) for r in orphans(records, specs)]
+    return sorted(found, key=lambda t: (t[0], t[1] is None, t[1].id if t[1] else t[2].cohort))  # type: ignore[union-attr]
 
 
 def orphans(records: dict[str, CohortRecord], specs: SpecSet) -> list[CohortRecord]:
-    """Cohorts in state with no spec; a spec that exists but failed to load does not count as gone."""
-    return [r for cid, r in sorted(records.items()) if cid not in specs.specs and cid not in specs.broken_ids]
+    """Cohorts in state no spec syncs to their workspace any more; a spec that exists but failed to
+    load does not count as gone (in any workspace)."""
+    wanted = {sync_key(w, spec.id) for spec in specs.specs.values() for w in spec.workspaces}
+    return [r for key, r in sorted(records.items()) if key not in wanted and r.cohort not in specs.broken_ids]
 
 
 def spec_error_plans(specs: SpecSet) -> list[CohortPlan]:

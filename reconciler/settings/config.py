@@ -10,19 +10,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from reconciler.common.documents import Document, parse_yaml, schema_problems
 from reconciler.common.errors import ConfigError
 from reconciler.settings.keys import KEYS
-from reconciler.settings.model import Settings
+from reconciler.settings.model import DEFAULT_WORKSPACE, WORKSPACE_NAME, Settings, workspace_variable
 
 DEFAULT_CONFIG = "cohortsync.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-CONNECTION_PREFIX = next(k.env for k in KEYS if k.kind.named)  # COHORTSYNC_CONNECTION_WAREHOUSE=postgresql://...
+CONNECTION_PREFIX = next(k.env for k in KEYS if k.path == "connections")  # COHORTSYNC_CONNECTION_WAREHOUSE=...
 
 
 def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -39,6 +39,7 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
         p = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(p.message + more, file=file or "environment", field=p.field)
+    _check_workspaces(data, file or "environment")
     base = Path(file).resolve().parent if file else Path.cwd()
     return _settings(data, base, file)
 
@@ -86,6 +87,11 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for var, value in env.items():
         if var.startswith(CONNECTION_PREFIX) and value:
             data.setdefault("connections", {})[var[len(CONNECTION_PREFIX):].lower()] = value
+    for name, account in (data.get("workspaces") or {}).items():
+        if isinstance(account, dict):
+            for key in ("workspace_id", "api_key"):
+                if not account.get(key) and env.get(workspace_variable(str(name), key)):
+                    account[key] = env[workspace_variable(str(name), key)]
 
 
 def _settings(data: dict[str, Any], base: Path, file: str | None) -> Settings:
@@ -97,7 +103,11 @@ def _values(cls: type, data: dict[str, Any], base: Path, where: str, prefix: str
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         key = f.metadata.get("key")
-        if key is not None:
+        if key is not None and key.kind.group is not None:  # named groups of keys: workspaces
+            values[f.name] = {str(name): key.kind.group(**_values(key.kind.group, group or {}, base, where,
+                                                                    f"{prefix}{f.name}.{name}."))
+                              for name, group in (data.get(f.name) or {}).items()}
+        elif key is not None:
             raw = key.default if data.get(f.name) is None else data[f.name]
             if raw is not None:  # else the dataclass default: None, or no connections
                 values[f.name] = _parsed(key.kind.parse, raw, where, prefix + f.name, base)
@@ -114,11 +124,24 @@ def _parsed(parse: Callable[..., Any], value: Any, file: str, field: str, *args:
         raise ConfigError(str(exc), file=file, field=field) from exc
 
 
-def require_credentials(settings: Settings) -> None:
-    """apply and run need credentials; validate and plan do not."""
-    if not settings.moengage.workspace_id:
-        raise ConfigError("no workspace id: set MOENGAGE_WORKSPACE_ID", file=settings.config_file or "environment",
-                          field="moengage.workspace_id")
-    if not settings.moengage.api_key:
-        raise ConfigError("no Data API key: set MOENGAGE_API_KEY", file=settings.config_file or "environment",
-                          field="moengage.api_key")
+def require_credentials(settings: Settings, workspaces: Iterable[str] = (DEFAULT_WORKSPACE,)) -> None:
+    """apply and run need the credentials of the workspaces they send to; validate and plan do not."""
+    where = settings.config_file or "environment"
+    for name in workspaces:
+        account = settings.account(name)
+        group = "moengage" if name == DEFAULT_WORKSPACE else f"workspaces.{name}"
+        for key, what in (("workspace_id", "workspace id"), ("api_key", "Data API key")):
+            if not getattr(account, key):
+                variable = f"MOENGAGE_{key.upper()}" if name == DEFAULT_WORKSPACE else workspace_variable(name, key)
+                raise ConfigError(f"no {what} for workspace {name}: set {variable}", file=where,
+                                  field=f"{group}.{key}")
+
+
+def _check_workspaces(data: dict[str, Any], file: str) -> None:
+    for name in data.get("workspaces") or {}:
+        if name == DEFAULT_WORKSPACE:
+            raise ConfigError("the workspace `default` is the `moengage:` block: configure it there",
+                              file=file, field="workspaces.default")
+        if not WORKSPACE_NAME.match(str(name)):
+            raise ConfigError(f"{name!r} is not a workspace name: lower-case letters, digits and _, "
+                              "starting with a letter", file=file, field=f"workspaces.{name}")

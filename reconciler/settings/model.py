@@ -126,6 +126,7 @@ class Kind:
     parse: Callable[[Any, Path | None], Any]  # YAML value -> setting; relative paths are taken from base
     from_env: Callable[[str], Any] = str  # environment text -> YAML value
     named: bool = False  # a mapping of names to values: `connections.NAME`, one variable per name
+    group: type | None = None  # for a named kind whose values are groups of keys: the dataclass of one
 
 
 TEXT = Kind("text", ("string",), lambda v, base: str(v))
@@ -160,6 +161,8 @@ class Key:
     @property
     def variable(self) -> str:
         """The environment variable as the README writes it: `COHORTSYNC_CONNECTION_NAME` for a named kind."""
+        if "{NAME}" in self.env:
+            return self.env.replace("{NAME}", "NAME")
         return f"{self.env}NAME" if self.kind.named else self.env
 
 
@@ -195,6 +198,16 @@ class MoEngageSettings:
         return base.rstrip("/") + "/v1/integrations/cohortsync"
 
 
+WORKSPACE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # also a part of environment variables' names
+DEFAULT_WORKSPACE = "default"  # the `moengage:` block's name
+WORKSPACES = Kind("workspace", ("object",), lambda v, base: v, named=True, group=MoEngageSettings)
+
+
+def workspace_variable(name: str, key: str) -> str:
+    """Where a named workspace's credentials come from by default: MOENGAGE_LIVE_API_KEY."""
+    return f"MOENGAGE_{name.upper()}_{key.upper()}"
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     """The long-lived `run` process."""
@@ -223,7 +236,22 @@ class Settings:
                                      "synced members from which a plan reads the state in a helper process and "
                                      "diffs with GNU `comm` (see Performance); `0`: always", "members")
     moengage: MoEngageSettings = field(default_factory=MoEngageSettings)
+    workspaces: dict[str, MoEngageSettings] = setting(
+        None, WORKSPACES, "MOENGAGE_{NAME}_WORKSPACE_ID",
+        "more MoEngage accounts, each with the keys of `moengage` (`moengage` is the workspace `default`); "
+        "credentials from `MOENGAGE_NAME_WORKSPACE_ID` and `MOENGAGE_NAME_API_KEY` unless given")
     connections: dict[str, Secret] = setting(None, URLS, "COHORTSYNC_CONNECTION_",
                                              "a warehouse for `sql` sources (`connection: NAME`)")
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     config_file: str | None = None  # where the settings came from; not a key
+
+    @property
+    def accounts(self) -> dict[str, MoEngageSettings]:
+        """Every MoEngage workspace by name, `default` (the `moengage:` block) first."""
+        return {DEFAULT_WORKSPACE: self.moengage, **self.workspaces}
+
+    def account(self, name: str) -> MoEngageSettings:
+        try:
+            return self.accounts[name]
+        except KeyError:
+            raise KeyError(f"no workspace named {name!r} in the config (known: {', '.join(self.accounts)})") from None

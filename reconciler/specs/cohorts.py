@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reconciler.common.documents import Document, Problem, parse_yaml, schema_problems
 from reconciler.common.errors import SpecError
-from reconciler.settings.model import parse_duration
+from reconciler.settings.model import DEFAULT_WORKSPACE, parse_duration
 
 SPEC_GLOBS = ("*.yaml", "*.yml")
 FILE_SUFFIXES = (".txt", ".csv", ".txt.gz", ".csv.gz")
@@ -62,6 +62,7 @@ class CohortSpec:
     allow_empty: bool = False
     max_removals: MaxRemovals | None = None
     suspended: bool = False
+    workspaces: tuple[str, ...] = (DEFAULT_WORKSPACE,)  # where it is synced: one independent sync each
     digest: str = field(default="", compare=False)  # of the spec's content
 
 
@@ -96,8 +97,9 @@ def spec_files(cohorts_dir: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(cohorts_dir).parts))
 
 
-def load_specs(cohorts_dir: Path, connections: Iterable[str]) -> SpecSet:
-    """Load and check every spec under `cohorts_dir`."""
+def load_specs(cohorts_dir: Path, connections: Iterable[str],
+               workspaces: Iterable[str] = (DEFAULT_WORKSPACE,)) -> SpecSet:
+    """Load and check every spec under `cohorts_dir` against the connections and workspaces configured."""
     root = cohorts_dir.resolve()
     specs: dict[str, CohortSpec] = {}
     errors: list[SpecError] = []
@@ -108,7 +110,7 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str]) -> SpecSet:
     files = spec_files(root)
     for path in files:
         rel = str(path.relative_to(root))
-        spec, problems = load_spec(path, root, set(connections))
+        spec, problems = load_spec(path, root, set(connections), set(workspaces))
         if spec is not None and spec.id in specs:
             problems.append(Problem("id", f"{spec.id!r} is also the id of {specs[spec.id].file}; ids must be unique"))
         if spec is not None and spec.name in names:
@@ -123,7 +125,8 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str]) -> SpecSet:
     return SpecSet(specs, errors, broken, len(files))
 
 
-def load_spec(path: Path, root: Path, connections: set[str]) -> tuple[CohortSpec | None, list[Problem]]:
+def load_spec(path: Path, root: Path, connections: set[str],
+              workspaces: set[str] = frozenset({DEFAULT_WORKSPACE})) -> tuple[CohortSpec | None, list[Problem]]:
     """One spec file: a CohortSpec when it parsed far enough, and its problems."""
     try:
         raw = path.read_bytes()
@@ -143,12 +146,18 @@ def load_spec(path: Path, root: Path, connections: set[str]) -> tuple[CohortSpec
     if problems:
         cid = doc.data.get("id")
         return (_stub(cid, path, root) if isinstance(cid, str) else None), problems
-    return _build(doc, path, root, connections)
+    return _build(doc, path, root, connections, workspaces)
 
 
-def _build(doc: Document, path: Path, root: Path, connections: set[str]) -> tuple[CohortSpec | None, list[Problem]]:
+def _build(doc: Document, path: Path, root: Path, connections: set[str],
+           workspaces: set[str]) -> tuple[CohortSpec | None, list[Problem]]:
     data = doc.data
     problems: list[Problem] = []
+    targets = tuple(data.get("workspaces") or (DEFAULT_WORKSPACE,))
+    for name in targets:
+        if name not in workspaces:
+            problems.append(Problem("workspaces", f"no workspace named {name!r} in the operator config (known: "
+                                    f"{', '.join(sorted(workspaces))})", doc.line_of(("workspaces",))))
     source, source_problems = _source(data["source"], path, root, connections)
     problems += [Problem(p.field, p.message, doc.line_of(tuple(p.field.split(".")))) for p in source_problems]
     guards = data.get("guards") or {}
@@ -164,6 +173,7 @@ def _build(doc: Document, path: Path, root: Path, connections: set[str]) -> tupl
         allow_empty=guards.get("allow_empty", False),
         max_removals=_max_removals(removals) if removals is not None else None,
         suspended=data.get("suspended", False),
+        workspaces=targets,
         digest=hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest(),
     )
     return spec, problems

@@ -23,11 +23,31 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.sources.cursors import streaming_cursor
 from reconciler.common.errors import StateError, short_message
+from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.sources.ordering import OutOfOrder, checked
 
 SCHEMA_VERSION = 3
 READ_ROWS = 20_000  # members fetched per round trip
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # DBAPI paramstyle -> positional mark
+
+KEY_LENGTH = 200  # a workspace name, ":" and a cohort id
+WORKSPACE_SEPARATOR = ":"  # in neither a workspace name nor a cohort id
+
+
+def sync_key(workspace: str, cohort_id: str) -> str:
+    """The state's name for one cohort in one workspace: two workspaces are two independent syncs.
+
+    In the workspace `default` it is the cohort id itself, so a state written before workspaces
+    existed (10M members, say) needs no rewrite; elsewhere `workspace:cohort_id`.
+    """
+    return cohort_id if workspace == DEFAULT_WORKSPACE else f"{workspace}{WORKSPACE_SEPARATOR}{cohort_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(workspace, cohort id) of a sync_key."""
+    workspace, sep, cohort_id = key.partition(WORKSPACE_SEPARATOR)
+    return (workspace, cohort_id) if sep else (DEFAULT_WORKSPACE, key)
+
 
 metadata = sa.MetaData()
 _uid = sa.String(512).with_variant(sa.String(512, collation="C"), "postgresql")
@@ -35,7 +55,7 @@ _uid = sa.String(512).with_variant(sa.String(512, collation="C"), "postgresql")
 meta = sa.Table("cs_meta", metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text))
 cohorts = sa.Table(
     "cs_cohorts", metadata,
-    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("id", sa.String(KEY_LENGTH), primary_key=True),  # sync_key(workspace, cohort id)
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("description", sa.Text),
     sa.Column("spec_digest", sa.String(64)),
@@ -49,14 +69,14 @@ cohorts = sa.Table(
 )
 members = sa.Table(
     "cs_members", metadata,
-    sa.Column("cohort_id", sa.String(128), primary_key=True),
+    sa.Column("cohort_id", sa.String(KEY_LENGTH), primary_key=True),
     sa.Column("uid", _uid, primary_key=True),
 )
 runs = sa.Table(
     "cs_runs", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(32), nullable=False, index=True),
-    sa.Column("cohort_id", sa.String(128), nullable=False, index=True),
+    sa.Column("cohort_id", sa.String(KEY_LENGTH), nullable=False, index=True),
     sa.Column("trigger", sa.String(32), nullable=False, default="cli"),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("planned_adds", sa.BigInteger, nullable=False, default=0),
@@ -76,7 +96,7 @@ runs = sa.Table(
 batches = sa.Table(  # pending: sent (or about to be) with no answer yet; see the module docstring
     "cs_batches", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("cohort_id", sa.String(128), nullable=False, index=True),
+    sa.Column("cohort_id", sa.String(KEY_LENGTH), nullable=False, index=True),
     sa.Column("action", sa.String(16), nullable=False),  # add_members, remove_members, or unknown (refused, but
     sa.Column("count", sa.Integer, nullable=False),      # it had taken over uids that were already uncertain)
     sa.Column("uids", sa.LargeBinary, nullable=False),  # ascending, newline-joined UTF-8: one row, not one per uid
@@ -100,11 +120,21 @@ def _add_column(table: str, column: str, ddl: str) -> Callable[[sa.Connection], 
     return step
 
 
+def _widen(table: str, column: str, length: int) -> Callable[[sa.Connection], None]:
+    """A longer VARCHAR: metadata only on PostgreSQL; SQLite does not enforce lengths."""
+    def step(conn: sa.Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE VARCHAR({length})")
+    return step
+
+
 # version -> steps that bring the previous version up to it (new tables come from create_all);
 # append, never edit
 MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     2: ["INSERT INTO cs_meta (key, value) VALUES ('state_version', '0')"],  # saved plans check it
-    3: [_add_column("cs_runs", "unconfirmed", "BIGINT NOT NULL DEFAULT 0")],  # and the cs_batches table
+    3: [_add_column("cs_runs", "unconfirmed", "BIGINT NOT NULL DEFAULT 0"),  # and the cs_batches table
+        _widen("cs_cohorts", "id", KEY_LENGTH), _widen("cs_members", "cohort_id", KEY_LENGTH),
+        _widen("cs_runs", "cohort_id", KEY_LENGTH)],
 }
 UNKNOWN = "unknown"  # a pending batch's action once only its taken-over uids remain uncertain
 
@@ -124,6 +154,15 @@ class CohortRecord:
     last_error: str | None
     unconfirmed: int = 0  # uids of batches whose answer never came
     unconfirmed_since: float | None = None  # when the oldest of those batches was sent
+
+    @property
+    def workspace(self) -> str:
+        return split_key(self.id)[0]
+
+    @property
+    def cohort(self) -> str:
+        """The cohort id (`id` is the state's key, which names the workspace too)."""
+        return split_key(self.id)[1]
 
 
 @dataclass(frozen=True)
