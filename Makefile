@@ -19,7 +19,7 @@ demo: $(STAMP)  ## the example cohorts applied to a local emulator, end to end
 	$(BIN)/cohortsync demo
 
 test: $(STAMP)  ## every test; PostgreSQL and MariaDB tests skip when no server answers (CI makes them mandatory)
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## pyflakes and pycodestyle errors, and the import layers (lint-imports); CI runs it
 	$(BIN)/ruff check --isolated --select E,F,W --ignore E501 reconciler tests bench
