@@ -246,6 +246,8 @@ def chromium_missing() -> str | None:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     reason = chromium_missing()
+    if reason and (os.environ.get("CI") or os.environ.get("COHORTSYNC_REQUIRE_CHROMIUM")):
+        pytest.fail(f"{reason} (.ci/run installs it: mandatory in CI)")
     if reason:
         pytest.skip(reason)
     from selenium import webdriver

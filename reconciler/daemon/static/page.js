@@ -59,6 +59,7 @@
     if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
     return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
   }
+  const took = (seconds) => (seconds < 1 ? `${Math.round(seconds * 1000)} ms` : seconds < 10 ? `${seconds.toFixed(1)}s` : span(seconds));
   function every(seconds) {  // a schedule: 15m, 1h, 1h 30m
     const s = Math.round(seconds);
     if (s % 86400 === 0) return `${s / 86400}d`;
@@ -173,6 +174,7 @@
     const bad = rows.filter((r) => !HEALTHY.has(r.status) && !["suspended", "pending"].includes(r.status)).length;
     const summary = Object.keys(counts).sort((a, b) => rank(a) - rank(b)).map((k) => `${counts[k]} ${k}`).join(" · ");
     const members = rows.reduce((a, r) => a + r.synced, 0);
+    if (view.cohortId === null) document.title = bad ? `(${bad}) cohortsync` : "cohortsync";
     const unconfirmed = rows.reduce((a, r) => a + r.unconfirmed.n, 0);
     const running = s.running ? `${describeWork(s.running)} for ${span(now() - (s.running.since || now()))}` : null;
     const queued = describeWork(s.queue);
@@ -307,7 +309,7 @@
       fact("Last success", when(r.lastSuccess)),
       fact("Last run", when(r.lastRun)),
       fact("Next run", when(r.nextRun, "until")),
-      fact("Schedule", schedule ? `every ${every(schedule)}` : interval ? `every ${every(interval)} (default)` : "default"));
+      fact("Schedule", schedule ? `every ${every(schedule)}` : interval ? `${every(interval)} (default)` : "default"));
     renderSpec(doc);
     renderRuns(doc.runs || []);
     renderCharts(doc);
@@ -348,7 +350,7 @@
       h("td", { class: "muted" }, `+${fmt(r.planned_adds)} −${fmt(r.planned_removes)}`),
       h("td", { class: "num" }, fmt(r.requests)),
       h("td", { class: "num" }, r.throttled ? `${fmt(r.retries)} (+${fmt(r.throttled)} 429)` : fmt(r.retries)),
-      h("td", { class: "num" }, r.finished_at ? span(r.finished_at - r.started_at) : "—"),
+      h("td", { class: "num" }, r.finished_at ? took(r.finished_at - r.started_at) : "—"),
       h("td", {}, r.error ? h("div", { class: "reason failed" }, r.error) : ""))));
     $("no-runs").hidden = runs.length > 0;
     $("runs").hidden = runs.length === 0;
