@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -225,7 +228,9 @@ def test_static_files_ship_in_the_package() -> None:
     names = {p.name for p in (Path(page.__file__).parent / "static").iterdir()}
     assert names == {n for n, _ in page.STATIC_FILES.values()} | {page.PAGE[0]}
     text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
-    assert '"reconciler.daemon" = ["static/*"]' in text
+    assert '"reconciler.daemon.static",' in text
+    assert '"reconciler.daemon.static" = ["*.html", "*.css", "*.js", "*.svg"]' in text
+    assert {Path(n).suffix for n in names} == {".html", ".css", ".js", ".svg"}
     html = page.static("index.html").decode()
     assert "http://" not in html and "https://" not in html  # nothing fetched from elsewhere
 
@@ -412,6 +417,70 @@ def test_trigger_with_the_token_queues_a_reconcile_the_page_shows_converged(site
     assert browser.execute_script("return sessionStorage.getItem('cohortsync.token')") == TOKEN
     assert browser.execute_script("return localStorage.length + document.cookie.length") == 0
     shot(browser, "triggered")
+
+
+class CannedStatus(ThreadingHTTPServer):
+    """The page's own files, beside a /status document the test writes: for fields other issues add."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.document: dict[str, Any] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                if url.path == "/status":
+                    body, ctype = json.dumps(server.document).encode(), "application/json"
+                else:
+                    answer = page.answer(url.path, url.query, lambda _id: None)
+                    assert answer is not None, url.path
+                    body, ctype = answer.body, answer.content_type
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_fields_other_issues_add_show_when_present_and_an_older_status_still_reads(site: Site, browser: Any) -> None:
+    """`unconfirmed`, `workspace(s)`, the replica and its leases come from other issues: the page shows
+    them when /status has them; a /status with none of the page's fields still makes a table."""
+    doc = site.status()
+    rows = {r["id"]: r for r in doc["cohorts"]}
+    rows["beta"].update(unconfirmed={"count": 12, "since": doc["generated_at"] - 60}, workspace="eu")
+    rows["sqlc"].update(unconfirmed=3, workspaces=["default", "us"])
+    doc.update(replica={"id": "run-7f3a@host-1"}, leases=[{"name": "cohort:beta", "holder": "run-7f3a@host-1"}])
+    canned = CannedStatus()
+    try:
+        canned.document = doc
+        browser.get(canned.url + "/")
+        eventually(lambda: row_text(browser, "beta", "unconfirmed") == "12")
+        assert row_text(browser, "beta", "workspace") == "eu" and row_text(browser, "sqlc", "workspace") == "default, us"
+        assert row_text(browser, "sqlc", "unconfirmed") == "3"
+        tile = browser.execute_script("return document.querySelector(\"[data-tile='replica']\").innerText")
+        assert "run-7f3a@host-1" in tile and "cohort:beta → run-7f3a@host-1" in tile
+        assert "15 unconfirmed" in browser.execute_script("return document.querySelector(\"[data-tile='members']\").innerText")
+        old = ("id", "name", "synced", "converged", "last_status", "last_run", "last_success", "last_error", "next_run_in")
+        canned.document = {"format_version": 1, "last_run": {}, "queue_pending": False,
+                           "cohorts": [{k: r[k] for k in old} for r in doc["cohorts"]]}
+        browser.get(canned.url + "/")
+        eventually(lambda: row_text(browser, "guarded", "status") == "⚠\nblocked")
+        assert "max_removals" in reason_text(browser, "guarded") and row_text(browser, "beta", "synced") == "130"
+    finally:
+        canned.shutdown()
+        canned.server_close()
 
 
 def test_readable_on_a_phone(site: Site, browser: Any) -> None:

@@ -28,12 +28,13 @@ from reconciler.state.leases import held
 from reconciler.running.reconciling import Reconciler, RunReport
 from reconciler.settings.model import Settings
 from reconciler.specs.cohorts import SpecSet
-from reconciler.state.store import StateStore
+from reconciler.state.store import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 JITTER = 0.1  # timers fire within ±10% of a cohort's schedule
 TICK = 0.5  # seconds between looks at the timers and the stop flag
 RUNS_SHOWN = 200  # runs of one cohort on its page and in its charts
+CHANGES_TTL = 30.0  # seconds a /status answer may reuse each cohort's last change (read again after every run here)
 
 
 class Daemon:
@@ -56,6 +57,7 @@ class Daemon:
         self._verdicts: dict[str, Verdict] = {}  # each cohort's latest result here: the state keeps no spec errors
         self._running: tuple[Work, float] | None = None  # what the worker reconciles now, since when
         self._started_at = time.time()
+        self._changes: tuple[float, dict[str, RunRecord]] | None = None  # (monotonic time read, last changes)
 
     # --- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -160,6 +162,7 @@ class Daemon:
         self.metrics.observe_client(self.client.stats, self.client.limiter.waits)
         now = time.time()
         with self._lock:
+            self._changes = None
             if everything and not report.stopped:
                 self._verdicts = {}  # cohorts gone since the last full run drop out
             for o in report.outcomes:
@@ -249,12 +252,23 @@ class Daemon:
         return self.metrics.exposition(), CONTENT_TYPE
 
     def _status(self) -> dict:
-        return status_document(self.state.cohorts(), self.state.last_changes(), self._live())
+        return status_document(self.state.cohorts(), self._last_changes(), self._live())
 
     def _cohort(self, cohort_id: str) -> dict | None:
         live = self._live()
-        status = status_document(self.state.cohorts(), self.state.last_changes(), live)
+        status = status_document(self.state.cohorts(), self._last_changes(), live)
         return cohort_document(cohort_id, status, self.state.runs(cohort_id, limit=RUNS_SHOWN), live)
+
+    def _last_changes(self) -> dict[str, RunRecord]:
+        """Each cohort's last change, read again only after a run or CHANGES_TTL: a page polls every few seconds,
+        and the query groups the whole runs table."""
+        with self._lock:
+            cached = self._changes
+        if cached is None or time.monotonic() - cached[0] > CHANGES_TTL:
+            cached = (time.monotonic(), self.state.last_changes())
+            with self._lock:
+                self._changes = cached
+        return cached[1]
 
     def _live(self) -> Live:
         """The daemon's own facts for /status, copied under the lock (readiness asks the state first)."""
