@@ -124,8 +124,10 @@ def size_chart(cohort_id: str, points: Sequence[dict[str, Any]], width: int = DE
     body = frame.axes(points)
     body.append(f'<polyline class="line" fill="none" stroke="{LINE}" stroke-width="2" stroke-linejoin="round" '
                 f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in coords)}"/>')
+    radius = max(min(4.0, frame.band * 0.35), 1.5)  # hundreds of runs still show as separate points
     for (x, y), p in zip(coords, points):
-        body.append(f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{LINE}" stroke="#fff" stroke-width="1.5">'
+        body.append(f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="{LINE}" stroke="#fff" '
+                    f'stroke-width="{min(1.5, radius / 2):.1f}">'
                     f'<title>{escape(_label(p))}</title></circle>')
     return _svg("size", width, len(points), title, body)
 

@@ -57,7 +57,8 @@ class Daemon:
         self._verdicts: dict[str, Verdict] = {}  # each cohort's latest result here: the state keeps no spec errors
         self._running: tuple[Work, float] | None = None  # what the worker reconciles now, since when
         self._started_at = time.time()
-        self._changes: tuple[float, dict[str, RunRecord]] | None = None  # (monotonic time read, last changes)
+        self._runs_done = 0  # grows after each run: a cached last change read before it is stale
+        self._changes: tuple[float, int, dict[str, RunRecord]] | None = None  # (monotonic time, _runs_done, read)
 
     # --- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -162,7 +163,7 @@ class Daemon:
         self.metrics.observe_client(self.client.stats, self.client.limiter.waits)
         now = time.time()
         with self._lock:
-            self._changes = None
+            self._runs_done += 1
             if everything and not report.stopped:
                 self._verdicts = {}  # cohorts gone since the last full run drop out
             for o in report.outcomes:
@@ -263,12 +264,12 @@ class Daemon:
         """Each cohort's last change, read again only after a run or CHANGES_TTL: a page polls every few seconds,
         and the query groups the whole runs table."""
         with self._lock:
-            cached = self._changes
-        if cached is None or time.monotonic() - cached[0] > CHANGES_TTL:
-            cached = (time.monotonic(), self.state.last_changes())
+            cached, runs_done = self._changes, self._runs_done
+        if cached is None or cached[1] != runs_done or time.monotonic() - cached[0] > CHANGES_TTL:
+            cached = (time.monotonic(), runs_done, self.state.last_changes())
             with self._lock:
                 self._changes = cached
-        return cached[1]
+        return cached[2]
 
     def _live(self) -> Live:
         """The daemon's own facts for /status, copied under the lock (readiness asks the state first)."""
