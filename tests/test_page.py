@@ -58,7 +58,9 @@ class Site:
 
     def row(self, cohort_id: str) -> dict[str, Any]:
         s = self.status()
-        return next(r for r in s["cohorts"] + s["new_cohorts"] if r["id"] == cohort_id)
+        rows = [r for r in s["cohorts"] + s["new_cohorts"] if r["id"] == cohort_id]
+        assert rows, f"no row for {cohort_id} yet"  # eventually() waits on an AssertionError
+        return rows[0]
 
 
 @pytest.fixture(scope="module")
@@ -508,3 +510,21 @@ def test_readable_on_a_phone(site: Site, browser: Any) -> None:
 
 def test_screenshots_are_not_committed() -> None:
     assert "tests/screenshots/" in (Path(__file__).parent.parent / ".gitignore").read_text().split()
+
+
+def test_unconfirmed_members_show_from_a_real_daemon(site: Site, browser: Any) -> None:
+    """A batch whose answer never comes leaves its members unconfirmed: the lead's field, from the state, on the page."""
+    site.emulator.configure(drop_rate=1.0)
+    try:
+        site.repo.file_cohort("flaky", USERS[:20])
+        eventually(lambda: site.row("flaky")["status"] in ("failed", "unconfirmed")  # retries given up: the run ended
+                   and site.row("flaky")["unconfirmed"] == 20, timeout=30)
+    finally:
+        site.emulator.configure(drop_rate=0.0)
+    open_overview(browser, site)
+    eventually(lambda: row_text(browser, "flaky", "unconfirmed") == "20")
+    title = browser.execute_script("return document.querySelector(\"tr[data-cohort='flaky'] td[data-col='unconfirmed'] span\").title")
+    assert title.startswith("sent 20") and "the next plan settles them" in title
+    assert "20 unconfirmed" in browser.execute_script("return document.querySelector(\"[data-tile='members']\").innerText")
+    assert row_text(browser, "flaky", "status").split("\n")[1] in ("failed", "unconfirmed")
+    shot(browser, "unconfirmed")

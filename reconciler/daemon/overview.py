@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__
+from reconciler.common.statuses import Status
 from reconciler.daemon.queueing import Work
 from reconciler.running import render
 from reconciler.settings.model import RateLimit
@@ -22,7 +23,8 @@ from reconciler.specs.cohorts import CohortSpec, SpecSet
 from reconciler.state.store import CohortRecord, RunRecord
 
 FORMAT_VERSION = 1
-HEALTHY = ("converged", "unchanged", "pruned")  # results after which a cohort needs nothing
+HEALTHY = (Status.CONVERGED, Status.UNCHANGED, Status.PRUNED)  # results after which there is no reason to show
+PENDING = "pending"  # the page's word for a cohort no run has seen yet
 
 
 @dataclass(frozen=True)
@@ -124,16 +126,16 @@ def cohort_row(base: dict[str, Any], record: CohortRecord | None, live: Live, br
 def standing(record: CohortRecord | None, verdict: Verdict | None, spec_error: str | None) -> tuple[str, str | None]:
     """The status word and the full reason: the spec as loaded now, else this daemon's verdict, else the state."""
     if spec_error:
-        return "error", spec_error
+        return Status.ERROR.value, spec_error
     if verdict is not None:
         status, reason = verdict.result, verdict.reason
     elif record is not None and record.last_status:
         status, reason = record.last_status, record.last_error
     else:
-        return "pending", None
-    if status == "unchanged":
-        status = "converged"
-    return status, None if status in HEALTHY else reason
+        return PENDING, None
+    if status == Status.UNCHANGED:
+        status = Status.CONVERGED
+    return str(status), None if status in HEALTHY else reason
 
 
 def work_json(work: Work | None) -> dict[str, Any] | None:

@@ -6,13 +6,15 @@
 (() => {
   const POLL_MS = 3000;
   const TOKEN_KEY = "cohortsync.token";
-  const SEVERITY = ["error", "failed", "blocked", "stale", "interrupted", "stopped", "orphaned", "pending",
-    "suspended", "converged", "pruned"];
+  // the statuses of reconciler/common/statuses.py, worst first; "pending" is a cohort no run has seen yet
+  const SEVERITY = ["error", "failed", "unconfirmed", "blocked", "stale", "interrupted", "stopped", "running", "changed",
+    "orphaned", "pending", "suspended", "converged", "pruned"];
   const HEALTHY = new Set(["converged", "pruned", "unchanged"]);
-  const GLYPH = { converged: "✓", pruned: "✓", blocked: "⚠", error: "✕", failed: "✕", suspended: "⏸", orphaned: "?",
-    pending: "…", interrupted: "⏹", stopped: "⏹", stale: "↻", running: "↻", queued: "⋯" };
-  const WHY = { blocked: "Guard:", error: "Error:", failed: "Failed:", stale: "Stale:", interrupted: "Interrupted:",
-    stopped: "Stopped:", suspended: "Suspended:", orphaned: "Orphaned:" };
+  const QUIET = new Set([...HEALTHY, "changed", "running", "suspended", "orphaned", "pending"]);  // nobody need act
+  const GLYPH = { converged: "✓", pruned: "✓", blocked: "⚠", error: "✕", failed: "✕", unconfirmed: "?", suspended: "⏸",
+    orphaned: "∅", pending: "…", interrupted: "⏹", stopped: "⏹", stale: "↻", changed: "~", running: "↻", queued: "⋯" };
+  const WHY = { blocked: "Guard:", error: "Error:", failed: "Failed:", unconfirmed: "Unconfirmed:", stale: "Stale:",
+    interrupted: "Interrupted:", stopped: "Stopped:", suspended: "Suspended:", orphaned: "Orphaned:" };
 
   const view = {
     status: null, skew: 0, failures: 0, filter: "all", search: "", sort: { key: "status", dir: 1 },
@@ -171,7 +173,7 @@
     const ready = s.ready || { ok: true, reason: "" };
     const counts = {};
     for (const r of rows) counts[r.status] = (counts[r.status] || 0) + 1;
-    const bad = rows.filter((r) => !HEALTHY.has(r.status) && !["suspended", "pending"].includes(r.status)).length;
+    const bad = rows.filter((r) => !QUIET.has(r.status)).length;
     const summary = Object.keys(counts).sort((a, b) => rank(a) - rank(b)).map((k) => `${counts[k]} ${k}`).join(" · ");
     const members = rows.reduce((a, r) => a + r.synced, 0);
     if (view.cohortId === null) document.title = bad ? `(${bad}) cohortsync` : "cohortsync";
@@ -346,7 +348,8 @@
       h("td", {}, r.trigger),
       h("td", {}, badge(r.status === "unchanged" ? "converged" : r.status)),
       h("td", { class: "change" }, h("span", { class: "add" }, `+${fmt(r.sent_adds)}`),
-        h("span", { class: "remove" }, `−${fmt(r.sent_removes)}`)),
+        h("span", { class: "remove" }, `−${fmt(r.sent_removes)}`),
+        r.unconfirmed ? h("div", { class: "cname" }, `${fmt(r.unconfirmed)} sent, no answer`) : null),
       h("td", { class: "muted" }, `+${fmt(r.planned_adds)} −${fmt(r.planned_removes)}`),
       h("td", { class: "num" }, fmt(r.requests)),
       h("td", { class: "num" }, r.throttled ? `${fmt(r.retries)} (+${fmt(r.throttled)} 429)` : fmt(r.retries)),
