@@ -1,4 +1,4 @@
-"""The daemon's HTTP endpoints: health, readiness, metrics, status and the reconcile trigger.
+"""The daemon's HTTP endpoints: health, readiness, metrics, status, the page and the reconcile trigger.
 
 POST /reconcile needs the bearer token (constant-time compare) or GitHub's
 X-Hub-Signature-256 HMAC of the body; without either configured, it refuses everything.
@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from reconciler.common.errors import ConfigError
+from reconciler.common.errors import ConfigError, StateError
 from reconciler.common.httpio import RefusedBody, discard_body, read_body, send, send_json
+from reconciler.daemon import page
 from reconciler.settings.model import Secret
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,10 @@ class DaemonAPI:
     def __init__(
         self, *, healthy: Callable[[], bool], ready: Callable[[], tuple[bool, str]], metrics: Callable[[], tuple[bytes, str]],
         status: Callable[[], dict], reconcile: Callable[[list[str], str], dict], token: Secret, webhook_secret: Secret,
+        cohort: Callable[[str], dict | None] = lambda _id: None,
     ) -> None:
         self.healthy, self.ready, self.metrics, self.status, self.reconcile = healthy, ready, metrics, status, reconcile
+        self.cohort = cohort
         self.token, self.webhook_secret = token, webhook_secret
 
 
@@ -53,7 +56,8 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("http: " + fmt, *args)
 
     def do_GET(self) -> None:
-        api, path = self.server.api, urlsplit(self.path).path
+        api, url = self.server.api, urlsplit(self.path)
+        path = url.path
         if path == "/healthz":
             ok = api.healthy()
             self._send(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
@@ -63,8 +67,18 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             data, ctype = api.metrics()
             self._raw(200, data, ctype)
-        elif path == "/status":
+        else:
+            try:
+                self._read(api, path, url.query)
+            except StateError as exc:  # the page says why instead of a dropped connection
+                self._send(503, {"error": str(exc)})
+
+    def _read(self, api: DaemonAPI, path: str, query: str) -> None:
+        """The routes that read the state: /status and the status page's."""
+        if path == "/status":
             self._send(200, api.status())
+        elif (answer := page.answer(path, query, api.cohort)) is not None:
+            send(self, answer.status, answer.body, answer.content_type, answer.headers)
         else:
             self._send(404, {"error": f"no route {path}"})
 

@@ -63,6 +63,12 @@ class CoalescingQueue:
             self._closed = True
             self._cond.notify_all()
 
+    def peek(self) -> Work | None:
+        """A copy of what is pending, for /status; the worker still takes the original."""
+        with self._cond:
+            w = self._pending
+            return None if w is None else Work(set(w.cohorts), w.everything, set(w.reasons), w.git_pull)
+
     @property
     def pending(self) -> bool:
         with self._cond:

@@ -15,11 +15,11 @@ import threading
 import time
 from pathlib import Path
 
-from reconciler.running import render
 from reconciler.moengage.client import MoEngageClient
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.daemon.http import DaemonAPI, DaemonServer
 from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
+from reconciler.daemon.overview import Live, Verdict, cohort_document, status_document, work_json
 from reconciler.daemon.queueing import ALL, CoalescingQueue, Work
 from reconciler.daemon.watching import Watcher
 from reconciler.common.errors import CohortSyncError, StateError
@@ -28,11 +28,13 @@ from reconciler.state.leases import held
 from reconciler.running.reconciling import Reconciler, RunReport
 from reconciler.settings.model import Settings
 from reconciler.specs.cohorts import SpecSet
-from reconciler.state.store import StateStore
+from reconciler.state.store import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 JITTER = 0.1  # timers fire within ±10% of a cohort's schedule
 TICK = 0.5  # seconds between looks at the timers and the stop flag
+RUNS_SHOWN = 200  # runs of one cohort on its page and in its charts
+CHANGES_TTL = 30.0  # seconds a /status answer may reuse each cohort's last change (read again after every run here)
 
 
 class Daemon:
@@ -52,6 +54,11 @@ class Daemon:
         self._index: dict[Path, set[str]] = {}
         self._due: dict[str, float] = {}
         self._last_run: dict = {}
+        self._verdicts: dict[str, Verdict] = {}  # each cohort's latest result here: the state keeps no spec errors
+        self._running: tuple[Work, float] | None = None  # what the worker reconciles now, since when
+        self._started_at = time.time()
+        self._runs_done = 0  # grows after each run: a cached last change read before it is stale
+        self._changes: tuple[float, int, dict[str, RunRecord]] | None = None  # (monotonic time, _runs_done, read)
 
     # --- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -130,18 +137,23 @@ class Daemon:
             log.error("spec %s", err)
         self._index_specs(specs)
         log.info("reconciling %s", work.describe())
+        with self._lock:
+            self._running = (work, time.time())
         try:
             report = self.reconciler.apply(specs, work.only, trigger=",".join(sorted(work.reasons))[:32])
         except CohortSyncError as exc:  # the state database went away: try again on the next trigger
             log.error("reconcile failed: %s", exc)
             return
+        finally:
+            with self._lock:
+                self._running = None
         for o in report.outcomes:
             level = logging.INFO if o.ok else logging.WARNING if o.result == Status.INTERRUPTED else logging.ERROR
             log.log(level, "cohort %s: %s (+%d -%d)%s", o.plan.id, o.result, o.sent_adds, o.sent_removes,
                     f": {o.error or o.plan.reason}" if (o.error or not o.ok) else "")
-        self._after(report, started)
+        self._after(report, started, work.everything)
 
-    def _after(self, report: RunReport, started: float) -> None:
+    def _after(self, report: RunReport, started: float, everything: bool) -> None:
         assert self.client is not None
         records = self.state.cohorts()
         self.metrics.observe_run(report, time.monotonic() - started,
@@ -151,8 +163,12 @@ class Daemon:
         self.metrics.observe_client(self.client.stats, self.client.limiter.waits)
         now = time.time()
         with self._lock:
+            self._runs_done += 1
+            if everything and not report.stopped:
+                self._verdicts = {}  # cohorts gone since the last full run drop out
             for o in report.outcomes:
                 self._due[o.plan.id] = now + self._schedule(o.plan.id) * random.uniform(1 - JITTER, 1 + JITTER)
+                self._verdicts[o.plan.id] = Verdict(o.result, o.error or o.plan.reason, now)
             self._last_run = {"run_id": report.run_id, "finished_at": now, "ok": report.ok, "stopped": report.stopped}
 
     def _schedule(self, cohort_id: str) -> float:
@@ -208,7 +224,7 @@ class Daemon:
     def _on_http(self, cohorts: list[str], source: str) -> dict:
         self.metrics.triggers.labels(source).inc()
         self.queue.put(set(cohorts) if cohorts else ALL, source, git_pull=True)
-        return {"accepted": True, "cohorts": cohorts or "all"}
+        return {"accepted": True, "cohorts": cohorts or "all", "queued": work_json(self.queue.peek())}
 
     # --- HTTP -------------------------------------------------------------------------------
     def _api(self) -> DaemonAPI:
@@ -217,6 +233,7 @@ class Daemon:
             ready=self._ready,
             metrics=self._metrics,
             status=self._status,
+            cohort=self._cohort,
             reconcile=self._on_http,
             token=self.settings.daemon.token,
             webhook_secret=self.settings.daemon.webhook_secret,
@@ -236,14 +253,36 @@ class Daemon:
         return self.metrics.exposition(), CONTENT_TYPE
 
     def _status(self) -> dict:
-        records = self.state.cohorts()
+        return status_document(self.state.cohorts(), self._last_changes(), self._live())
+
+    def _cohort(self, cohort_id: str) -> dict | None:
+        live = self._live()
+        status = status_document(self.state.cohorts(), self._last_changes(), live)
+        return cohort_document(cohort_id, status, self.state.runs(cohort_id, limit=RUNS_SHOWN), live)
+
+    def _last_changes(self) -> dict[str, RunRecord]:
+        """Each cohort's last change, read again only after a run or CHANGES_TTL: a page polls every few seconds,
+        and the query groups the whole runs table."""
         with self._lock:
-            due = dict(self._due)
-            last = dict(self._last_run)
-        return {"format_version": 1, "cohorts": [{**row, "next_run_in": round(due[row["id"]] - time.time(), 1)
-                                                  if row["id"] in due else None}
-                                                 for row in render.status_rows(records)],
-                "last_run": last, "queue_pending": self.queue.pending}
+            cached, runs_done = self._changes, self._runs_done
+        if cached is None or cached[1] != runs_done or time.monotonic() - cached[0] > CHANGES_TTL:
+            cached = (time.monotonic(), runs_done, self.state.last_changes())
+            with self._lock:
+                self._changes = cached
+        return cached[2]
+
+    def _live(self) -> Live:
+        """The daemon's own facts for /status, copied under the lock (readiness asks the state first)."""
+        ready = self._ready()
+        limiter = self.client.limiter if self.client else None
+        with self._lock:
+            running, since = self._running or (None, None)
+            return Live(now=time.time(), started_at=self._started_at, cohorts_dir=self.settings.cohorts_dir,
+                        specs=self._specs, ready=ready, rate=self.settings.moengage.rate_limit,
+                        interval=self.settings.daemon.interval,
+                        rate_in_use=limiter.in_use() if limiter else 0, due=dict(self._due),
+                        verdicts=dict(self._verdicts), last_run=dict(self._last_run), pending=self.queue.peek(),
+                        running=running, running_since=since)
 
 
 def git_pull(cohorts_dir: Path) -> None:

@@ -45,6 +45,12 @@ class SlidingWindowLimiter:
             with self._lock:
                 stamp[0] = self._clock()
 
+    def in_use(self) -> int:
+        """Places taken in the current window, requests in flight included: the budget shown on /status."""
+        with self._lock:
+            horizon = self._clock() - self.limit.window - MARGIN
+            return sum(1 for s in self._stamps if s[0] > horizon)
+
     def _acquire(self) -> list[float]:
         waited = False
         while True:

@@ -350,6 +350,14 @@ class StateStore:
             rows = conn.execute(query).all()
         return [RunRecord(**{k: v for k, v in r._mapping.items() if k != "id"}) for r in rows]
 
+    def last_changes(self) -> dict[str, RunRecord]:
+        """Each cohort's newest run that sent something, in one query: the status page's "last change"."""
+        sent = runs.c.sent_adds + runs.c.sent_removes > 0
+        newest = sa.select(sa.func.max(runs.c.id)).where(sent).group_by(runs.c.cohort_id).scalar_subquery()
+        with self._connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.id.in_(newest))).all()
+        return {r.cohort_id: RunRecord(**{k: v for k, v in r._mapping.items() if k != "id"}) for r in rows}
+
     # --- writes ------------------------------------------------------------------------
     def begin_batch(self, cohort_id: str, name: str, description: str | None, action: str, uids: list[str],
                     run_id: str | None = None, *, take_over: bool = False) -> int:
