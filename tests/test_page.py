@@ -469,14 +469,14 @@ def test_fields_other_issues_add_show_when_present_and_an_older_status_still_rea
     doc = site.status()
     rows = {r["id"]: r for r in doc["cohorts"]}
     rows["beta"].update(unconfirmed={"count": 12, "since": doc["generated_at"] - 60}, workspace="eu")
-    rows["sqlc"].update(unconfirmed=3, workspaces=["default", "us"])
+    rows["sqlc"].update(unconfirmed=3, workspace="us")
     doc.update(replica={"id": "run-7f3a@host-1"}, leases=[{"name": "cohort:beta", "holder": "run-7f3a@host-1"}])
     canned = CannedStatus()
     try:
         canned.document = doc
         browser.get(canned.url + "/")
         eventually(lambda: row_text(browser, "beta", "unconfirmed") == "12")
-        assert row_text(browser, "beta", "workspace") == "eu" and row_text(browser, "sqlc", "workspace") == "default, us"
+        assert row_text(browser, "beta", "workspace") == "eu" and row_text(browser, "sqlc", "workspace") == "us"
         assert row_text(browser, "sqlc", "unconfirmed") == "3"
         tile = browser.execute_script("return document.querySelector(\"[data-tile='replica']\").innerText")
         assert "run-7f3a@host-1" in tile and "cohort:beta → run-7f3a@host-1" in tile

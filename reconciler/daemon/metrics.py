@@ -29,8 +29,8 @@ class Metrics:
                                   ["cohort"], registry=r)
         self.triggers = Counter("cohortsync_triggers", "Reconciles asked for, by source", ["source"], registry=r)
         self.up = Gauge("cohortsync_ready", "1 when specs are loaded and the state is reachable", registry=r)
-        self._seen = ClientStats()
-        self._rate_waits_seen = 0
+        self._seen: dict[str, ClientStats] = {}  # per workspace: each has a client of its own
+        self._rate_waits_seen: dict[str, int] = {}
 
     def observe_run(self, report: RunReport, seconds: float, synced: dict[str, int], converged_at: dict[str, float],
                     unconfirmed: dict[str, int] | None = None) -> None:
@@ -48,21 +48,23 @@ class Metrics:
         for cohort, count in (unconfirmed or {}).items():
             self.unconfirmed.labels(cohort).set(count)
 
-    def observe_client(self, stats: ClientStats, rate_waits: int) -> None:
-        """Fold the client's counters in, by difference since the last look."""
+    def observe_client(self, stats: ClientStats, rate_waits: int, workspace: str = "default") -> None:
+        """Fold a workspace's client counters in, by difference since the last look."""
+        seen, waits_seen = self._seen.get(workspace, ClientStats()), self._rate_waits_seen.get(workspace, 0)
         for status, n in stats.statuses.items():
-            delta = n - self._seen.statuses[status]
+            delta = n - seen.statuses[status]
             if delta:
                 self.requests.labels(status).inc(delta)
-        self.retries.inc(stats.retries - self._seen.retries)
-        self.throttled.inc(stats.throttled - self._seen.throttled)
-        self.rate_waits.inc(rate_waits - self._rate_waits_seen)
-        self._seen = ClientStats(statuses=stats.statuses.copy(), retries=stats.retries, throttled=stats.throttled)
-        self._rate_waits_seen = rate_waits
+        self.retries.inc(stats.retries - seen.retries)
+        self.throttled.inc(stats.throttled - seen.throttled)
+        self.rate_waits.inc(rate_waits - waits_seen)
+        self._seen[workspace] = ClientStats(statuses=stats.statuses.copy(), retries=stats.retries,
+                                            throttled=stats.throttled)
+        self._rate_waits_seen[workspace] = rate_waits
 
     def forget_client(self) -> None:
-        """A new client (after SIGHUP) starts its counters at zero."""
-        self._seen, self._rate_waits_seen = ClientStats(), 0
+        """New clients (after SIGHUP) start their counters at zero."""
+        self._seen, self._rate_waits_seen = {}, {}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

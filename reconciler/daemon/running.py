@@ -26,8 +26,8 @@ from reconciler.common.errors import CohortSyncError, StateError
 from reconciler.common.statuses import Status
 from reconciler.state.leases import held
 from reconciler.running.reconciling import Reconciler, RunReport
-from reconciler.settings.model import Settings
-from reconciler.specs.cohorts import SpecSet
+from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
+from reconciler.specs.cohorts import SpecSet, load_specs
 from reconciler.state.store import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,8 @@ class Daemon:
         self.queue = CoalescingQueue()
         self.metrics = Metrics()
         self.settings: Settings = load_settings(config_path)
-        require_credentials(self.settings)
+        require_credentials(self.settings, workspaces_in_use(self.settings))
         self.state = StateStore.open(self.settings.state_url)
-        self.client: MoEngageClient | None = None
         self.reconciler: Reconciler | None = None
         self._lock = threading.Lock()
         self._specs: SpecSet | None = None
@@ -93,21 +92,24 @@ class Daemon:
         self.queue.close()
 
     def _build(self) -> None:
-        self.client = MoEngageClient(self.settings.moengage, stop=self.stop)
-        self.reconciler = Reconciler(self.settings, self.state, self.client, stop=self.stop)
+        """The reconciler makes a client per workspace (its own rate limiter) when it first sends there."""
+        self.reconciler = Reconciler(self.settings, self.state, stop=self.stop)
+
+    @property
+    def client(self) -> MoEngageClient | None:
+        """The default workspace's client, once it sent something."""
+        return self.reconciler.client if self.reconciler else None
 
     def _teardown(self) -> None:
         if self.reconciler:
             self.reconciler.close()
-        if self.client:
-            self.client.close()
 
     def _reload(self) -> None:
         """SIGHUP: read the config again; keep the old one when the new one is broken."""
         self.reload.clear()
         try:
             settings = load_settings(self.config_path)
-            require_credentials(settings)
+            require_credentials(settings, workspaces_in_use(settings))
         except CohortSyncError as exc:
             log.error("config reload failed, keeping the running config: %s", exc)
             return
@@ -128,7 +130,7 @@ class Daemon:
             self._reconcile(work)
 
     def _reconcile(self, work: Work) -> None:
-        assert self.reconciler is not None and self.client is not None
+        assert self.reconciler is not None
         if work.git_pull and self.settings.daemon.git_pull:
             git_pull(self.settings.cohorts_dir)
         started = time.monotonic()
@@ -149,18 +151,19 @@ class Daemon:
                 self._running = None
         for o in report.outcomes:
             level = logging.INFO if o.ok else logging.WARNING if o.result == Status.INTERRUPTED else logging.ERROR
-            log.log(level, "cohort %s: %s (+%d -%d)%s", o.plan.id, o.result, o.sent_adds, o.sent_removes,
+            log.log(level, "cohort %s: %s (+%d -%d)%s", o.plan.key, o.result, o.sent_adds, o.sent_removes,
                     f": {o.error or o.plan.reason}" if (o.error or not o.ok) else "")
         self._after(report, started, work.everything)
 
     def _after(self, report: RunReport, started: float, everything: bool) -> None:
-        assert self.client is not None
+        assert self.reconciler is not None
         records = self.state.cohorts()
         self.metrics.observe_run(report, time.monotonic() - started,
                                  {cid: r.synced_count for cid, r in records.items()},
                                  {cid: r.last_success_at for cid, r in records.items() if r.last_success_at},
                                  {cid: r.unconfirmed for cid, r in records.items()})
-        self.metrics.observe_client(self.client.stats, self.client.limiter.waits)
+        for workspace, client in list(self.reconciler.clients.items()):
+            self.metrics.observe_client(client.stats, client.limiter.waits, workspace)
         now = time.time()
         with self._lock:
             self._runs_done += 1
@@ -168,7 +171,7 @@ class Daemon:
                 self._verdicts = {}  # cohorts gone since the last full run drop out
             for o in report.outcomes:
                 self._due[o.plan.id] = now + self._schedule(o.plan.id) * random.uniform(1 - JITTER, 1 + JITTER)
-                self._verdicts[o.plan.id] = Verdict(o.result, o.error or o.plan.reason, now)
+                self._verdicts[o.plan.key] = Verdict(o.result, o.error or o.plan.reason, now)
             self._last_run = {"run_id": report.run_id, "finished_at": now, "ok": report.ok, "stopped": report.stopped}
 
     def _schedule(self, cohort_id: str) -> float:
@@ -283,6 +286,12 @@ class Daemon:
                         rate_in_use=limiter.in_use() if limiter else 0, due=dict(self._due),
                         verdicts=dict(self._verdicts), last_run=dict(self._last_run), pending=self.queue.peek(),
                         running=running, running_since=since)
+
+
+def workspaces_in_use(settings: Settings) -> list[str]:
+    """The workspaces the specs on disk sync to (default when none loads): the daemon needs their credentials."""
+    specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts)
+    return sorted({w for spec in specs.specs.values() for w in spec.workspaces} or {DEFAULT_WORKSPACE})
 
 
 def git_pull(cohorts_dir: Path) -> None:

@@ -124,7 +124,7 @@ def _when(ts: float | None) -> str:
 
 
 def status_rows(records: dict[str, CohortRecord]) -> list[dict[str, Any]]:
-    return [{"id": r.id, "name": r.name, "synced": r.synced_count, "converged": r.converged,
+    return [{"id": r.id, "cohort": r.cohort, "workspace": r.workspace, "name": r.name, "synced": r.synced_count, "converged": r.converged,
              "last_status": r.last_status, "last_run": _when(r.last_run_at), "last_success": _when(r.last_success_at),
              "last_error": r.last_error, "unconfirmed": r.unconfirmed,
              "unconfirmed_since": _when(r.unconfirmed_since) if r.unconfirmed_since else None}
