@@ -125,7 +125,7 @@ def test_a_saved_plan_sees_a_sql_source_change(repo, emulator, capsys, tmp_path)
 
 def test_plan_file_options_cannot_be_overridden(repo, capsys, tmp_path):
     code, _, err = repo.run(capsys, "apply", "--plan", str(tmp_path / "x.json"), "--force")
-    assert code == 1 and "drop --cohort, --force and --prune" in err
+    assert code == 1 and "drop --cohort, --workspace, --force and --prune" in err
 
 
 def test_a_damaged_plan_file_is_refused(repo, capsys, tmp_path):

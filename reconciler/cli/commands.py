@@ -15,14 +15,13 @@ from pathlib import Path
 
 from reconciler.planning import planfiles
 from reconciler.running import render
-from reconciler.moengage.client import MoEngageClient
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.common.errors import CohortSyncError
 from reconciler.common.statuses import Status
 from reconciler.state.leases import held
 from reconciler.planning.plans import BLOCKED, ERROR
 from reconciler.running.progress import Progress, for_terminal
-from reconciler.running.reconciling import Reconciler, RunReport
+from reconciler.running.reconciling import Reconciler, RunReport, workspaces_of
 from reconciler.settings.model import Settings
 from reconciler.specs.cohorts import SpecSet, load_specs, missing_sources
 from reconciler.state.store import StateStore
@@ -46,24 +45,25 @@ def validate(args: argparse.Namespace) -> int:
 
 @contextmanager
 def reconciler_for(settings: Settings, *, with_client: bool, progress: Progress | None = None) -> Iterator[Reconciler]:
+    """A reconciler on the state; with `with_client`, the default workspace's credentials are checked
+    now (a named workspace's, when its first batch is sent: `check_credentials` checks them up front)."""
     state = StateStore.open(settings.state_url)
-    client = None
     stop = threading.Event()  # set by SIGTERM or Ctrl-C during apply: see stopping_on_signals
-    if with_client:
-        require_credentials(settings)
-        client = MoEngageClient(settings.moengage, stop=stop)
-    reconciler = Reconciler(settings, state, client, stop=stop, progress=progress)
+    reconciler = Reconciler(settings, state, stop=stop, progress=progress)
     try:
         yield reconciler
     finally:
         reconciler.close()
-        if client:
-            client.close()
         state.close()
 
 
+def check_credentials(settings: Settings, specs: SpecSet, args: argparse.Namespace) -> None:
+    """apply needs the credentials of every workspace it may send to, before it sends anything."""
+    require_credentials(settings, workspaces_of(specs, args.cohort, args.workspace))
+
+
 def _check_selection(specs: SpecSet, reconciler: Reconciler, only: list[str]) -> None:
-    known = set(specs.specs) | specs.broken_ids | set(reconciler.state.cohorts())
+    known = set(specs.specs) | specs.broken_ids | {r.cohort for r in reconciler.state.cohorts().values()}
     unknown = sorted(set(only) - known)
     if unknown:
         raise CohortSyncError(f"no cohort with id {', '.join(unknown)} in {reconciler.settings.cohorts_dir} or the state")
@@ -76,11 +76,12 @@ def plan(args: argparse.Namespace) -> int:
         _check_selection(specs, reconciler, args.cohort)
         reconciler.planner.digest_desired = bool(args.out)
         state_version = reconciler.state.state_version()
-        plans = reconciler.plan(specs, args.cohort, force=args.force, prune=args.prune or None)
+        plans = reconciler.plan(specs, args.cohort, force=args.force, prune=args.prune or None,
+                                workspaces=args.workspace)
     if args.out:
         prune = args.prune or settings.prune
         planfiles.write(Path(args.out), plans, state_version=state_version, cohorts=args.cohort, force=args.force,
-                        prune=prune)
+                        prune=prune, workspaces=args.workspace)
         print(f"Saved the plan to {args.out}; `cohortsync apply --plan {args.out}` applies exactly it.",
               file=sys.stderr)
     print({"text": render.plan_text, "json": render.plan_json, "markdown": render.plan_markdown}[args.format](plans))
@@ -93,19 +94,21 @@ def plan(args: argparse.Namespace) -> int:
 
 def apply(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    if args.plan and (args.cohort or args.force or args.prune):
+    if args.plan and (args.cohort or args.force or args.prune or args.workspace):
         raise CohortSyncError("--plan applies the saved plan with the options it was made with: "
-                              "drop --cohort, --force and --prune")
+                              "drop --cohort, --workspace, --force and --prune")
     progress = for_terminal(args.quiet or args.format == "json")
     with reconciler_for(settings, with_client=not args.dry_run, progress=progress) as reconciler:
         specs = reconciler.load()
         _check_selection(specs, reconciler, args.cohort)
+        if not args.dry_run:
+            check_credentials(settings, specs, args)
         with nullcontext() if args.dry_run else held(reconciler.state, "apply"), stopping_on_signals(reconciler.stop):
             if args.plan:
                 report = _apply_saved(reconciler, specs, Path(args.plan), args.dry_run)
             else:
                 report = reconciler.apply(specs, args.cohort, force=args.force, prune=args.prune or None,
-                                          dry_run=args.dry_run)
+                                          dry_run=args.dry_run, workspaces=args.workspace)
     print(render.report_json(report) if args.format == "json" else render.report_text(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -138,20 +141,20 @@ def _apply_saved(reconciler: Reconciler, specs: SpecSet, path: Path, dry_run: bo
     saved = planfiles.read(path)
     reconciler.planner.digest_desired = True
     current = reconciler.state.state_version()
-    plans = reconciler.plan(specs, saved.cohorts, force=saved.force, prune=saved.prune)
+    plans = reconciler.plan(specs, saved.cohorts, force=saved.force, prune=saved.prune, workspaces=saved.workspaces)
     reasons = planfiles.moved(saved, current, plans)
     if reasons:
         raise CohortSyncError(f"{path} is stale, nothing was sent: " + "; ".join(reasons)
                               + ". Run `cohortsync plan --out` again and review the new plan.")
     return reconciler.apply(specs, saved.cohorts, force=saved.force, prune=saved.prune, dry_run=dry_run,
-                            expected=saved.fingerprints)
+                            expected=saved.fingerprints, workspaces=saved.workspaces)
 
 
 def status(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     state = StateStore.open(settings.state_url)
     try:
-        records = state.cohorts()
+        records = {key: r for key, r in state.cohorts().items() if not args.workspace or r.workspace in args.workspace}
     finally:
         state.close()
     print(render.status_json(records) if args.format == "json" else render.status_text(records))
@@ -162,7 +165,7 @@ def history(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     state = StateStore.open(settings.state_url)
     try:
-        runs = state.runs(args.cohort, args.limit)
+        runs = state.runs(args.cohort, args.limit, workspaces=args.workspace)
     finally:
         state.close()
     print(render.history_json(runs) if args.format == "json" else render.history_text(runs))

@@ -43,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="per cohort: synced members, last run, last error")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    _workspace(p)
     p.set_defaults(func="reconciler.cli.commands:status")
 
     p = sub.add_parser("history", parents=[common], help="past runs with counts")
     p.add_argument("--cohort", metavar="ID")
     p.add_argument("--limit", type=int, default=20, metavar="N")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    _workspace(p)
     p.set_defaults(func="reconciler.cli.commands:history")
 
     p = sub.add_parser("run", parents=[common], help="the daemon: reconcile on file change, timer and trigger")
@@ -80,8 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
+    _workspace(p)
     p.add_argument("--force", action="store_true", help="go past the guards (allow_empty, max_removals)")
     p.add_argument("--prune", action="store_true", help="empty cohorts whose spec was deleted")
+
+
+def _workspace(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", metavar="NAME", action="append", default=[],
+                   help="only this MoEngage workspace (repeatable; `default` is the moengage: block)")
 
 
 def _command(target: str) -> Callable[[argparse.Namespace], int]:

@@ -16,8 +16,11 @@ API = MoEngageSettings()  # the real API's limits are the client's defaults: one
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default: 8080)")
-    p.add_argument("--workspace-id", help="only this workspace id passes auth (with --api-key)")
-    p.add_argument("--api-key", help="only this Data API key passes auth (with --workspace-id)")
+    p.add_argument("--workspace-id", action="append", default=[],
+                   help="a workspace whose credentials pass, with the --api-key given in the same place; repeat "
+                        "for several workspaces (segments are kept per workspace)")
+    p.add_argument("--api-key", action="append", default=[], help="the Data API key of the --workspace-id beside it")
+    p.add_argument("--credentials", metavar="FILE", help="more workspaces, one `workspace_id:api_key` a line")
     p.add_argument("--users", metavar="FILE", help="uids MoEngage knows, one a line; others are accepted, not matched")
     p.add_argument("--db", metavar="PATH", default=":memory:", help="SQLite file for segments (default: in memory)")
     p.add_argument("--rate-limit", default=API.rate_limit, type=RateLimit.parse,
@@ -37,16 +40,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed for fault injection, for reproducible runs")
 
 
+def credentials(args: argparse.Namespace) -> dict[str, str]:
+    """Workspace id -> Data API key, from --workspace-id/--api-key pairs and a --credentials file."""
+    if len(args.workspace_id) != len(args.api_key):
+        raise SystemExit("emulator: give one --api-key for each --workspace-id")
+    found = dict(zip(args.workspace_id, args.api_key))
+    if args.credentials:
+        with open(args.credentials, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    workspace, sep, key = line.strip().partition(":")
+                    if not sep or not workspace or not key:
+                        raise SystemExit(f"emulator: {args.credentials}:{number}: not workspace_id:api_key")
+                    found[workspace] = key
+    return found
+
+
 def build_server(args: argparse.Namespace) -> EmulatorServer:
+    accounts = credentials(args)
     config = EmulatorConfig(
-        workspace_id=args.workspace_id, api_key=args.api_key, rate_limit=args.rate_limit,
+        credentials=accounts, rate_limit=args.rate_limit,
         max_payload_bytes=args.max_payload_bytes, suspended=args.suspended, error_rate=args.error_rate,
         throttle_rate=args.throttle_rate, drop_rate=args.drop_rate, lose_answer_rate=args.lose_answer_rate,
         latency=args.latency, answer_latency=args.answer_latency,
         retry_after=args.retry_after, seed=args.seed,
     )
     users = load_users(args.users) if args.users else None
-    return EmulatorServer((args.host, args.port), Emulator(config, SegmentStore(args.db), users))
+    legacy = next(iter(accounts)) if len(accounts) == 1 else ""  # the owner of a file from before workspaces
+    return EmulatorServer((args.host, args.port), Emulator(config, SegmentStore(args.db, legacy), users))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,16 +41,20 @@ class EmulatorProcess:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)
 
-    def members(self, cohort_id: str) -> list[str]:
+    def members(self, cohort_id: str, workspace: str | None = None) -> list[str]:
+        """A segment's members (of the one workspace that has that cohort, unless one is named)."""
+        query = f"?{urllib.parse.urlencode({'workspace': workspace})}" if workspace is not None else ""
         try:
-            return self.get(f"/_emulator/cohorts/{cohort_id}")["members"]
+            return self.get(f"/_emulator/cohorts/{cohort_id}{query}")["members"]
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return []
             raise
 
-    def segments(self) -> dict[str, dict]:
-        return {s["cohort_id"]: s for s in self.get("/_emulator/cohorts")["cohorts"]}
+    def segments(self, workspace: str | None = None) -> dict[str, dict]:
+        """Segments by cohort id: of one workspace, or of all (when no two share an id)."""
+        query = f"?{urllib.parse.urlencode({'workspace': workspace})}" if workspace is not None else ""
+        return {s["cohort_id"]: s for s in self.get(f"/_emulator/cohorts{query}")["cohorts"]}
 
     def requests(self) -> list[dict]:
         return self.get("/_emulator/requests")["requests"]

@@ -19,9 +19,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from reconciler.moengage.batching import ACTIONS
 from reconciler.emulator.store import SegmentStore
@@ -37,8 +37,9 @@ API_PATH = "/v1/integrations/cohortsync"
 class EmulatorConfig:
     """What the emulator accepts and which faults it injects; changeable at run time."""
 
-    workspace_id: str | None = None  # when set with api_key, only these credentials pass
+    workspace_id: str | None = None  # when set with api_key, only these credentials pass (with `credentials`)
     api_key: str | None = None
+    credentials: dict[str, str] = field(default_factory=dict)  # more workspaces: workspace id -> Data API key
     rate_limit: RateLimit = MoEngageSettings.rate_limit  # the real API's limits, as the client's defaults declare them
     max_payload_bytes: int = MoEngageSettings.max_payload_bytes
     suspended: bool = False  # 403 for every request
@@ -50,6 +51,11 @@ class EmulatorConfig:
     answer_latency: float = 0.0  # seconds between applying a request and answering it
     retry_after: float = 1.0  # seconds, sent with injected 429s
     seed: int | None = None
+
+    def accounts(self) -> dict[str, str]:
+        """The workspaces whose credentials pass; empty: any Basic credentials whose user is MOE-APPKEY."""
+        one = {self.workspace_id: self.api_key} if self.workspace_id is not None and self.api_key is not None else {}
+        return {**one, **self.credentials}
 
     def update(self, changes: dict) -> None:
         for key, value in changes.items():
@@ -67,7 +73,7 @@ class Emulator:
         self.config, self.store, self.users = config, store, users
         self.rng = random.Random(config.seed)
         self.lock = threading.Lock()
-        self.window: deque[float] = deque()
+        self.windows: dict[str, deque[float]] = {}  # per workspace: MoEngage limits each account on its own
         self.requests: list[dict] = []
 
     def roll(self, rate: float) -> bool:
@@ -76,16 +82,17 @@ class Emulator:
         with self.lock:
             return self.rng.random() < rate
 
-    def admit(self) -> float | None:
-        """Count a request in the sliding window; seconds to wait when the window is full."""
+    def admit(self, workspace: str = "") -> float | None:
+        """Count a request in its workspace's sliding window; seconds to wait when the window is full."""
         limit = self.config.rate_limit
         with self.lock:
+            window = self.windows.setdefault(workspace, deque())
             now = time.monotonic()
-            while self.window and self.window[0] <= now - limit.window:
-                self.window.popleft()
-            if len(self.window) >= limit.requests:
-                return self.window[0] + limit.window - now
-            self.window.append(now)
+            while window and window[0] <= now - limit.window:
+                window.popleft()
+            if len(window) >= limit.requests:
+                return window[0] + limit.window - now
+            window.append(now)
             return None
 
     def record(self, **entry: object) -> None:
@@ -95,7 +102,7 @@ class Emulator:
     def reset(self) -> None:
         self.store.reset()
         with self.lock:
-            self.window.clear()
+            self.windows.clear()
             self.requests.clear()
 
 
@@ -133,10 +140,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
         emu = self.server.emulator
+        workspace = (parse_qs(urlsplit(self.path).query).get("workspace") or [None])[0]
         if path == "/_emulator/cohorts":
-            self._json(200, {"cohorts": emu.store.segments()})
+            self._json(200, {"cohorts": emu.store.segments(workspace)})
         elif path.startswith("/_emulator/cohorts/"):
-            seg = emu.store.segment(path[len("/_emulator/cohorts/"):])
+            try:
+                seg = emu.store.segment(path[len("/_emulator/cohorts/"):], workspace)
+            except ValueError as exc:
+                self._json(409, {"error": str(exc)})
+                return
             self._json(200 if seg else 404, seg or {"error": "no such cohort"})
         elif path == "/_emulator/requests":
             with emu.lock:
@@ -154,12 +166,12 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(cfg.latency)
         drop = emu.roll(cfg.drop_rate)
         drop_after = (drop and emu.roll(0.5)) or emu.roll(cfg.lose_answer_rate)
-        entry: dict = {"action": None, "cohort_id": None, "members": 0, "bytes": 0}
+        entry: dict = {"workspace": None, "action": None, "cohort_id": None, "members": 0, "bytes": 0}
         try:
             if drop and not drop_after:
                 raise ConnectionAbortedError
             body = self._checked_body(entry)
-            self._apply(body)
+            self._apply(body, entry["workspace"])
             if cfg.answer_latency > 0:
                 time.sleep(cfg.answer_latency)
             if drop_after:
@@ -175,11 +187,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _checked_body(self, entry: dict) -> dict:
         emu, cfg = self.server.emulator, self.server.emulator.config
-        self._check_auth()
+        entry["workspace"] = workspace = self._check_auth()
         if cfg.suspended:
             discard_body(self)
             raise Reply(403, "Your account is suspended or blocked", "", "Forbidden")
-        wait = emu.admit()
+        wait = emu.admit(workspace)
         if wait is not None:
             discard_body(self)
             raise Reply(429, f"Rate limit of {cfg.rate_limit} exceeded", "", "RateLimitExceeded",
@@ -200,7 +212,8 @@ class Handler(BaseHTTPRequestHandler):
                         {"Retry-After": f"{cfg.retry_after:g}"})
         return body
 
-    def _check_auth(self) -> None:
+    def _check_auth(self) -> str:
+        """The workspace id the request is for, once its credentials pass."""
         cfg = self.server.emulator.config
         header = self.headers.get("Authorization") or ""
         appkey = self.headers.get("MOE-APPKEY") or ""
@@ -211,19 +224,19 @@ class Handler(BaseHTTPRequestHandler):
         if appkey != user:
             discard_body(self)
             raise Reply(401, "MOE-APPKEY must equal the Basic auth username", "MOE-APPKEY", "Unauthorized")
-        if cfg.workspace_id is not None and cfg.api_key is not None and not (
-            hmac.compare_digest(user, cfg.workspace_id) and hmac.compare_digest(password, cfg.api_key)
-        ):
+        accounts = cfg.accounts()
+        if accounts and not hmac.compare_digest(password.encode(), (accounts.get(user) or "\0").encode()):
             discard_body(self)
             raise Reply(401, "Invalid workspace id or API key", "Authorization", "Unauthorized")
+        return user
 
-    def _apply(self, body: dict) -> None:
+    def _apply(self, body: dict, workspace: str = "") -> None:
         emu = self.server.emulator
         params = body["parameters"]
         uids = [m["uid"] for m in params["members"]]
         matched = uids if emu.users is None else [u for u in uids if u in emu.users]
         emu.store.apply(body["action"], body["partner"], params["cohort_id"], params["cohort_name"],
-                        params.get("cohort_description"), matched, len(uids) - len(matched))
+                        params.get("cohort_description"), matched, len(uids) - len(matched), workspace)
 
     # --- plumbing -------------------------------------------------------------------------
     def _read_body(self, limit: int) -> bytes:

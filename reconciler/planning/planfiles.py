@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.common.errors import CohortSyncError
 from reconciler.planning.plans import CohortPlan, fingerprint, totals
+from reconciler.settings.model import DEFAULT_WORKSPACE
+from reconciler.state.store import sync_key
 
 KIND = "cohortsync-plan"
 FORMAT_VERSION = 1
@@ -24,14 +26,15 @@ class SavedPlan:
     cohorts: list[str]  # the --cohort selection it was made with
     force: bool
     prune: bool
-    fingerprints: dict[str, str]
+    fingerprints: dict[str, str]  # per state key: a cohort in one workspace
+    workspaces: list[str] = field(default_factory=list)  # the --workspace selection it was made with
 
 
 def write(path: Path, plans: list[CohortPlan], *, state_version: int, cohorts: list[str], force: bool,
-          prune: bool) -> None:
+          prune: bool, workspaces: list[str] | None = None) -> None:
     doc = {
         "kind": KIND, "format_version": FORMAT_VERSION, "created_at": time.time(), "state_version": state_version,
-        "options": {"cohorts": cohorts, "force": force, "prune": prune},
+        "options": {"cohorts": cohorts, "force": force, "prune": prune, "workspaces": workspaces or []},
         "cohorts": [{**p.as_json(), "fingerprint": fingerprint(p)} for p in plans],
         "totals": totals(plans),
     }
@@ -52,7 +55,9 @@ def read(path: Path) -> SavedPlan:
     try:
         options = doc["options"]
         return SavedPlan(int(doc["state_version"]), list(options["cohorts"]), bool(options["force"]),
-                         bool(options["prune"]), {c["id"]: c["fingerprint"] for c in doc["cohorts"]})
+                         bool(options["prune"]),
+                         {sync_key(c.get("workspace", DEFAULT_WORKSPACE), c["id"]): c["fingerprint"]
+                          for c in doc["cohorts"]}, list(options.get("workspaces", [])))
     except (KeyError, TypeError, ValueError) as exc:
         raise CohortSyncError(f"{path}: the plan file is damaged ({exc!r}): plan again") from exc
 
@@ -62,7 +67,7 @@ def moved(saved: SavedPlan, current_state_version: int, plans: list[CohortPlan])
     reasons = []
     if current_state_version != saved.state_version:
         reasons.append(f"the state moved on (version {saved.state_version} when planned, {current_state_version} now)")
-    now = {p.id: fingerprint(p) for p in plans}
+    now = {p.key: fingerprint(p) for p in plans}
     for cid in sorted(set(now) | set(saved.fingerprints)):
         if cid not in now:
             reasons.append(f"cohort {cid} is no longer there")

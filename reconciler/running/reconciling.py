@@ -209,6 +209,13 @@ class Reconciler:
                 self.state.record_outcome(plan.key, plan.name, plan.description, status=plan.status, error=plan.reason)
 
 
+def workspaces_of(specs: SpecSet, only: Iterable[str] = (), chosen: Iterable[str] = ()) -> list[str]:
+    """The workspaces the selected specs sync to (within `chosen`, when given)."""
+    wanted, chosen = set(only), set(chosen)
+    return sorted({w for spec in specs.specs.values() if not wanted or spec.id in wanted
+                   for w in spec.workspaces if not chosen or w in chosen})
+
+
 def targets(specs: SpecSet, records: dict[str, CohortRecord],
             accounts: Iterable[str]) -> list[tuple[str, CohortSpec | None, CohortRecord | None]]:
     """Every (workspace, spec, record) a run covers, by workspace then cohort id: each spec in each of

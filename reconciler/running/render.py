@@ -24,7 +24,13 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
         return "No cohorts found."
     lines = []
     width = max(len(p.id) for p in plans)
+    several = len({p.workspace for p in plans}) > 1
+    shown = None
     for p in plans:
+        broken_spec = p.spec_digest is None and p.status != Status.ORPHANED  # no workspace: listed first
+        if several and p.workspace != shown and not broken_spec:
+            lines.append(f"{'' if shown is None else chr(10)}workspace {p.workspace}:")
+            shown = p.workspace
         lines.append(f"{_MARK.get(p.status, ' ')} {p.id:<{width}}  {p.status:<9}  {_counts(p)}")
         if p.reason:
             lines.append(f"    {p.reason}")
@@ -74,7 +80,7 @@ def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT
             note = f"{note}; {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}" if note else \
                 _unconfirmed(p.unconfirmed, p.unconfirmed_since)
         note = _md_cell(note)
-        head.append(f"| `{p.id}` | {p.status} | {desired} | {p.synced:,} | +{p.adds:,} | -{p.removes:,} | {p.requests:,} | {note} |")
+        head.append(f"| `{p.key}` | {p.status} | {desired} | {p.synced:,} | +{p.adds:,} | -{p.removes:,} | {p.requests:,} | {note} |")
     details = []
     for p in plans:
         if p.status != "unchanged" and (p.sample_adds or p.sample_removes):
@@ -94,15 +100,15 @@ def _md_cell(text: str) -> str:
 
 def report_text(report: RunReport) -> str:
     lines = [f"{'Dry run' if report.dry_run else 'Apply'} {report.run_id}:"]
-    width = max([len(o.plan.id) for o in report.outcomes] + [6])
+    width = max([len(o.plan.key) for o in report.outcomes] + [6])
     lines.append(f"  {'cohort':<{width}}  {'result':<10} {'added':>10} {'removed':>10} {'requests':>9}")
     for o in report.outcomes:
-        lines.append(f"  {o.plan.id:<{width}}  {o.result:<10} {o.sent_adds:>10,} {o.sent_removes:>10,} {o.requests:>9,}")
+        lines.append(f"  {o.plan.key:<{width}}  {o.result:<10} {o.sent_adds:>10,} {o.sent_removes:>10,} {o.requests:>9,}")
         if o.error or (o.plan.reason and o.result in (Status.BLOCKED, Status.ERROR, Status.ORPHANED, Status.SUSPENDED)):
             lines.append(f"  {'':<{width}}  {o.error or o.plan.reason}")
     if report.stopped:
         lines.append(f"\nStopped: {report.stopped}")
-    failed = [o.plan.id for o in report.outcomes if not o.ok]
+    failed = [o.plan.key for o in report.outcomes if not o.ok]
     if report.dry_run:
         lines.append("\nDry run: nothing was sent.")
     elif failed:

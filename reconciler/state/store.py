@@ -342,10 +342,17 @@ class StateStore:
             return int(conn.execute(
                 sa.select(sa.func.count()).select_from(members).where(members.c.cohort_id == cohort_id)).scalar_one())
 
-    def runs(self, cohort_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+    def runs(self, cohort_id: str | None = None, limit: int = 20, workspaces: Iterable[str] = ()) -> list[RunRecord]:
+        """The latest runs, newest first: of one cohort (in every workspace, or those named), or of all."""
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
-        if cohort_id:
-            query = query.where(runs.c.cohort_id == cohort_id)
+        chosen = list(workspaces)
+        if cohort_id and chosen:
+            query = query.where(runs.c.cohort_id.in_([sync_key(w, cohort_id) for w in chosen]))
+        elif cohort_id:
+            query = query.where(sa.or_(runs.c.cohort_id == cohort_id, runs.c.cohort_id.like(
+                f"%{WORKSPACE_SEPARATOR}{_literal(cohort_id)}", escape="\\")))
+        elif chosen:
+            query = query.where(sa.or_(*[_in_workspace(runs.c.cohort_id, w) for w in chosen]))
         with self._connect() as conn:
             rows = conn.execute(query).all()
         return [RunRecord(**{k: v for k, v in r._mapping.items() if k != "id"}) for r in rows]
@@ -493,6 +500,17 @@ class StateStore:
 
     def _begin(self) -> "_Wrapped":
         return _Wrapped(self.engine.begin)
+
+
+def _in_workspace(column: Any, workspace: str) -> Any:
+    if workspace == DEFAULT_WORKSPACE:
+        return column.not_like(f"%{WORKSPACE_SEPARATOR}%")
+    return column.like(f"{_literal(workspace)}{WORKSPACE_SEPARATOR}%", escape="\\")
+
+
+def _literal(text: str) -> str:
+    """Text matched as itself in a LIKE pattern: ids hold `_`, a wildcard."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _encode(uids: list[str]) -> bytes:
