@@ -18,12 +18,13 @@ TOKEN = "daemon-token-abc123"
 
 class DaemonProcess:
     def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None,
-                 command: Sequence[str] = (sys.executable, "-m", "reconciler"), cwd: Path | None = None) -> None:
+                 command: Sequence[str] = (sys.executable, "-m", "reconciler"), cwd: Path | None = None,
+                 args: Sequence[str] = ()) -> None:
         full_env = {**os.environ, "COHORTSYNC_LISTEN": "127.0.0.1:0", "COHORTSYNC_TOKEN": TOKEN,
                     "COHORTSYNC_DEBOUNCE": "0.3s", **(env or {})}
         self.log_path = log
         self._log = open(log, "ab")
-        self.proc = subprocess.Popen([*command, "run", "--config", str(config)],
+        self.proc = subprocess.Popen([*command, "run", "--config", str(config), *args],
                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=full_env, cwd=cwd)
         line = self.proc.stdout.readline()
         if "listening on" not in line:

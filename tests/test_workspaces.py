@@ -193,3 +193,20 @@ def test_runs_of_a_cohort_are_found_in_every_workspace_and_ids_with_wildcards_ma
     with state.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM cs_runs")).scalar_one() == 4
     state.close()
+
+
+def test_a_daemon_for_one_workspace_leaves_the_others_alone(tmp_path, start_emulator, live_env):
+    """The flow the README describes: pull requests apply to `test` from CI, the daemon keeps `live`."""
+    from tests.daemon_process import DaemonProcess, eventually
+    emu = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--workspace-id", LIVE_WS,
+                         "--api-key", LIVE_KEY)
+    repo = two_workspaces(tmp_path, emu.url, emu.url)
+    daemon = DaemonProcess(repo.config, tmp_path / "daemon.log", args=["--workspace", "live"])
+    try:
+        eventually(lambda: emu.members("only_live", LIVE_WS) == USERS[1500:2500] and
+                   emu.members("both", LIVE_WS) == USERS[:1000])
+        assert emu.segments(WORKSPACE) == {}  # the default workspace is not this daemon's
+        rows = daemon.get_json("/status")["cohorts"]
+        assert {r["workspace"] for r in rows} == {"live"}
+    finally:
+        assert daemon.stop() == 0

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="the daemon: reconcile on file change, timer and trigger")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="json for log collectors")
+    _workspace(p)
     p.set_defaults(func="reconciler.daemon.running:run", verbose_floor=1)
 
     p = sub.add_parser("trigger", parents=[common], help="ask a running daemon to reconcile now (CI after a merge)")

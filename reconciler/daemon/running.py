@@ -22,10 +22,10 @@ from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
 from reconciler.daemon.overview import Live, Verdict, cohort_document, status_document, work_json
 from reconciler.daemon.queueing import ALL, CoalescingQueue, Work
 from reconciler.daemon.watching import Watcher
-from reconciler.common.errors import CohortSyncError, StateError
+from reconciler.common.errors import CohortSyncError, ConfigError, StateError
 from reconciler.common.statuses import Status
 from reconciler.state.leases import held
-from reconciler.running.reconciling import Reconciler, RunReport
+from reconciler.running.reconciling import Reconciler, RunReport, workspaces_of
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
 from reconciler.specs.cohorts import SpecSet, load_specs
 from reconciler.state.store import RunRecord, StateStore
@@ -38,14 +38,15 @@ CHANGES_TTL = 30.0  # seconds a /status answer may reuse each cohort's last chan
 
 
 class Daemon:
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, workspaces: list[str] | None = None) -> None:
         self.config_path = config_path
+        self.workspaces = list(workspaces or [])  # only these (run --workspace); all when empty
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.queue = CoalescingQueue()
         self.metrics = Metrics()
         self.settings: Settings = load_settings(config_path)
-        require_credentials(self.settings, workspaces_in_use(self.settings))
+        require_credentials(self.settings, workspaces_in_use(self.settings, self.workspaces))
         self.state = StateStore.open(self.settings.state_url)
         self.reconciler: Reconciler | None = None
         self._lock = threading.Lock()
@@ -109,7 +110,7 @@ class Daemon:
         self.reload.clear()
         try:
             settings = load_settings(self.config_path)
-            require_credentials(settings, workspaces_in_use(settings))
+            require_credentials(settings, workspaces_in_use(settings, self.workspaces))
         except CohortSyncError as exc:
             log.error("config reload failed, keeping the running config: %s", exc)
             return
@@ -142,7 +143,8 @@ class Daemon:
         with self._lock:
             self._running = (work, time.time())
         try:
-            report = self.reconciler.apply(specs, work.only, trigger=",".join(sorted(work.reasons))[:32])
+            report = self.reconciler.apply(specs, work.only, trigger=",".join(sorted(work.reasons))[:32],
+                                           workspaces=self.workspaces)
         except CohortSyncError as exc:  # the state database went away: try again on the next trigger
             log.error("reconcile failed: %s", exc)
             return
@@ -288,10 +290,13 @@ class Daemon:
                         running=running, running_since=since)
 
 
-def workspaces_in_use(settings: Settings) -> list[str]:
-    """The workspaces the specs on disk sync to (default when none loads): the daemon needs their credentials."""
+def workspaces_in_use(settings: Settings, chosen: list[str]) -> list[str]:
+    """The workspaces the specs on disk sync to, within `chosen` when given (default when none loads):
+    the daemon needs their credentials."""
+    for name in chosen:
+        settings.account(name)  # a KeyError naming the known ones
     specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts)
-    return sorted({w for spec in specs.specs.values() for w in spec.workspaces} or {DEFAULT_WORKSPACE})
+    return workspaces_of(specs, (), chosen) or (chosen or [DEFAULT_WORKSPACE])
 
 
 def git_pull(cohorts_dir: Path) -> None:
@@ -311,6 +316,9 @@ def git_pull(cohorts_dir: Path) -> None:
 
 
 def run(args: object) -> int:
-    daemon = Daemon(getattr(args, "config", None))
+    try:
+        daemon = Daemon(getattr(args, "config", None), getattr(args, "workspace", None))
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0]), field="--workspace") from None
     daemon.install_signals()
     return daemon.run()
