@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.common.errors import StateError
-from reconciler.planning.readahead import InProcess, ReadAhead, synced_members
+from reconciler.planning.readahead import InProcess, ReadAhead, shareable, synced_members
 from reconciler.state.store import READ_ROWS, StateStore, make_engine, members
 from tests.daemon_process import eventually
 
@@ -97,8 +97,8 @@ def test_members_out_of_order_are_a_state_error(tmp_path, open_members):
 
 # --- choosing, and the helper process itself ------------------------------------------------------------
 
-def test_big_cohorts_go_to_a_helper_and_small_ones_stay(state):
-    big, small = synced_members(state, "big", len(UIDS), len(UIDS)), synced_members(state, "big", len(UIDS) - 1, len(UIDS))
+def test_a_helper_reads_when_the_path_says_so_and_this_process_otherwise(state):
+    big, small = synced_members(state, "big", helper=True), synced_members(state, "big", helper=False)
     try:
         assert isinstance(big, ReadAhead) and isinstance(small, InProcess)
         assert flat(big) == flat(small) == UIDS
@@ -107,11 +107,10 @@ def test_big_cohorts_go_to_a_helper_and_small_ones_stay(state):
         small.close()
 
 
-def test_an_in_memory_database_is_read_in_process():
+def test_an_in_memory_database_cannot_be_shared_with_a_helper(state):
     store = StateStore.open("sqlite://")
     store.commit_batch("c", ".C", None, "add_members", ["b", "a"])
-    reader = synced_members(store, "c", 2, 0)
-    assert isinstance(reader, InProcess) and flat(reader) == ["a", "b"]
+    assert not shareable(store) and shareable(state)
     store.close()
 
 

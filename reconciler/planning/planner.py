@@ -6,6 +6,7 @@ the way. Memory stays bounded; apply then reads the spilled changes back.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -18,9 +19,10 @@ from typing import IO
 from reconciler.moengage.batching import Envelope, Packer
 from reconciler.planning.diffs import Tally, merge_diff
 from reconciler.common.errors import CohortApiError, SourceError, StateError
-from reconciler.sources.ordering import OutOfOrder, as_text, checked, external_sort
+from reconciler.sources.ordering import OutOfOrder, as_text, checked, external_sort, gnu_sort_available
 from reconciler.planning import textdiff
-from reconciler.planning.readahead import ReadAhead, SyncedMembers, synced_members
+from reconciler.planning.paths import COMM, FILE, HELPER, SORT_FILE, SORT_INTO_COMM, Facts, Path, choose
+from reconciler.planning.readahead import ReadAhead, SyncedMembers, shareable, synced_members
 from reconciler.planning.unconfirmed import Unconfirmed
 from reconciler.planning.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
@@ -155,48 +157,64 @@ class Planner:
 
     def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None,
               uncertain: Unconfirmed) -> None:
-        """Diff with both cores for a big cohort: a helper reads the state, GNU comm compares."""
+        """Diff by the path paths.choose names: for a big cohort a helper reads the state and GNU comm compares."""
         synced: SyncedMembers | None = None
+        facts = self._facts(source, record.synced_count if record else 0)
+        path = self._path(facts, source)
         try:  # from before the helper starts, so that even Ctrl-C on the next line stops it
-            synced = synced_members(self.state, prepared.plan.key, record.synced_count if record else 0,
-                                    self.settings.parallel_plan_min)  # it starts reading now
-            tools = isinstance(synced, ReadAhead) and textdiff.available()
-            log.debug("cohort %s: synced members read %s; diffed by %s", prepared.plan.key,
-                      "by a helper process" if isinstance(synced, ReadAhead) else "here", "comm" if tools else "Python")
+            synced = synced_members(self.state, prepared.plan.key, path.reader == HELPER)  # it starts reading now
+            if path.reader == HELPER and not isinstance(synced, ReadAhead):  # it could not start
+                path = self._path(dataclasses.replace(facts, helper_possible=False), source)
+            log.debug("cohort %s: %s", prepared.plan.key, path)
             with gc_paused():
                 try:
-                    self._diff_in_order(prepared, spec, source, synced, tools, uncertain)
+                    self._diff_in_order(prepared, spec, source, synced, path, uncertain)
                 except textdiff.ToolFailed as exc:
                     log.warning("cohort %s: %s; diffing it in Python instead", prepared.plan.key, exc)
                     prepared.close()
-                    self._diff_in_order(prepared, spec, source, synced, False, uncertain.fresh())
+                    python = choose(dataclasses.replace(facts, tools=False, gnu_sort=False))
+                    self._diff_in_order(prepared, spec, source, synced, python, uncertain.fresh())
         finally:
             if synced is not None:
                 synced.close()
 
-    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, synced: SyncedMembers,
-                       tools: bool, uncertain: Unconfirmed) -> None:
-        """Stream the source as it comes; if it is not in order, sort it and diff again.
+    def _facts(self, source: Source, synced: int) -> Facts:
+        text_file = isinstance(source, FileSource) and source.plain_text
+        return Facts(synced, self.settings.parallel_plan_min, shareable(self.state), textdiff.available(),
+                     gnu_sort_available(), text_file, plain_file=False, digest=self.digest_desired)
 
-        With the GNU tools, a plain file goes to them as it is, never read here uid by uid.
-        """
-        if tools and isinstance(source, FileSource) and source.plain_ascii():
+    @staticmethod
+    def _path(facts: Facts, source: Source) -> Path:
+        """The decision; a plain file is looked at (a read of it) only when comm would take it as it is."""
+        path = choose(facts)
+        if path.comparer == COMM and isinstance(source, FileSource) and source.plain_ascii():
+            path = choose(dataclasses.replace(facts, plain_file=True))
+        return path
+
+    def _diff_in_order(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, synced: SyncedMembers,
+                       path: Path, uncertain: Unconfirmed) -> None:
+        """Stream the source as it comes; if it is not in order, sort it the path's way and diff again."""
+        tools = path.comparer == COMM
+        if path.desired == FILE:
+            assert isinstance(source, FileSource)
             return self._spill_diff(prepared, spec, str(source.path), synced, tools, uncertain)
         try:
             with reading(source) as chunks:
                 return self._spill_diff(prepared, spec, checked(chunks), synced, tools, uncertain)
         except OutOfOrder as exc:
-            log.debug("cohort %s: source not in order (%s); sorting it", spec.id, exc)
+            log.debug("cohort %s: source not in order (%s); %s", prepared.plan.key, exc, path.unsorted)
             prepared.close()
-        if tools and not self.digest_desired:  # sort -u orders it on its way to comm (a digest needs it in order)
+        if path.unsorted == SORT_INTO_COMM:
             with reading(source) as chunks:
                 return self._spill_diff(prepared, spec, chunks, synced, tools, uncertain.fresh(), unsorted=True)
-        presorted = getattr(source, "sorted_by_tool", lambda: None)()
-        if presorted is not None:
+        if path.unsorted == SORT_FILE:
+            assert isinstance(source, FileSource)
             try:
-                return self._spill_diff(prepared, spec, checked(presorted), synced, tools, uncertain.fresh())
+                return self._spill_diff(prepared, spec, checked(source.sorted_by_tool()), synced, tools,
+                                        uncertain.fresh())
             except (OutOfOrder, SourceError) as exc:
-                log.debug("cohort %s: sorting the file as is did not do (%s); sorting it uid by uid", spec.id, exc)
+                log.debug("cohort %s: sorting the file as is did not do (%s); sorting it uid by uid",
+                          prepared.plan.key, exc)
                 prepared.close()
         with reading(source) as chunks:
             self._spill_diff(prepared, spec, external_sort(chunks), synced, tools, uncertain.fresh())

@@ -53,14 +53,19 @@ class InProcess:
         pass
 
 
-def synced_members(state: StateStore, cohort_id: str, synced_count: int, min_members: int) -> SyncedMembers:
-    """A helper process from `min_members` (the parallel_plan_min setting), if another process
-    can open the database; else the members are read in this one."""
+def shareable(state: StateStore) -> bool:
+    """Whether another process can open this state database (not an in-memory SQLite)."""
     url = state.engine.url
-    if synced_count < min_members or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
+    return not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
+
+
+def synced_members(state: StateStore, cohort_id: str, helper: bool) -> SyncedMembers:
+    """The members read by a helper process when the diff path says so (paths.py) and one starts;
+    else read in this process."""
+    if not helper:
         return InProcess(state, cohort_id)
     try:
-        return ReadAhead(url.render_as_string(hide_password=False), cohort_id)
+        return ReadAhead(state.engine.url.render_as_string(hide_password=False), cohort_id)
     except OSError as exc:
         log.debug("cohort %s: cannot start a reader process (%s); reading members here", cohort_id, exc)
         return InProcess(state, cohort_id)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.sources.cursors import streaming_cursor
 from reconciler.common.errors import SourceError, short_message
-from reconciler.sources.ordering import gnu_sort_available, gnu_sort_file
+from reconciler.sources.ordering import gnu_sort_file
 from reconciler.settings.model import Secret
 from reconciler.specs.cohorts import CohortSpec
 
@@ -114,15 +114,14 @@ class FileSource:
         except EOFError as exc:
             raise SourceError(self.cohort_id, f"{self.path} is truncated: {exc}") from exc
 
-    def sorted_by_tool(self) -> Iterator[list[str]] | None:
-        """A plain .txt file sorted by GNU sort straight from disk, when it is there; else None.
+    def sorted_by_tool(self) -> Iterator[list[str]]:
+        """This .txt file sorted by GNU sort straight from disk (when: planning/paths.py decides).
 
         Its output is cleaned like any block; a uid that fails the checks, or lines whose
         stripping breaks the order, make the caller fall back to the careful path, which reports
         the real line numbers.
         """
-        if not self.plain_text or not gnu_sort_available():
-            return None
+        assert self.plain_text, "GNU sort reads the file as it is on disk: a .txt file, not gzipped"
         return self._sorted_blocks()
 
     def _sorted_blocks(self) -> Iterator[list[str]]:
