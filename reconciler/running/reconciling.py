@@ -51,6 +51,20 @@ class RunReport:
         self.stopped = why if not self.stopped or why in self.stopped else f"{self.stopped}; {why}"
 
 
+@dataclass
+class _Run:
+    """What one apply shares across the threads of its workspaces."""
+
+    specs: SpecSet
+    only: list[str]
+    force: bool
+    prune: bool | None
+    records: dict[str, CohortRecord]
+    report: RunReport
+    trigger: str
+    expected: dict[str, str] | None  # a saved plan's fingerprints, per state key
+
+
 class Reconciler:
     """Built once per process by the CLI or the daemon, from the same Settings.
 
@@ -134,62 +148,58 @@ class Reconciler:
               dry_run: bool = False, trigger: str = "cli", expected: dict[str, str] | None = None,
               workspaces: Iterable[str] = ()) -> RunReport:
         """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused."""
-        report = RunReport(uuid.uuid4().hex[:12], dry_run=dry_run)
-        records = self.state.cohorts()
-        wanted = set(only)
+        run = _Run(specs, list(only), force, prune, self.state.cohorts(), RunReport(uuid.uuid4().hex[:12], dry_run=dry_run),
+                   trigger, expected)
         for plan in spec_error_plans(specs):
-            if not wanted or plan.id in wanted:
-                report.outcomes.append(self._apply_one(PreparedPlan(plan), records, report, trigger, expected))
+            if not run.only or plan.id in run.only:
+                run.report.outcomes.append(self._apply_one(PreparedPlan(plan), run))
+        errors = len(run.report.outcomes)
         chosen = set(workspaces)
-        groups = sorted({w for w, _, _ in targets(specs, records, self.settings.accounts)
+        groups = sorted({w for w, _, _ in targets(specs, run.records, self.settings.accounts)
                          if not chosen or w in chosen})
-        work = functools.partial(self._apply_workspace, specs, only, force, prune, records, report, trigger, expected)
         if len(groups) > 1 and not dry_run:
             with ThreadPoolExecutor(len(groups), thread_name_prefix="workspace") as pool:
-                list(pool.map(work, groups))
+                list(pool.map(functools.partial(self._apply_workspace, run), groups))
         else:
             for group in groups:
-                work(group)
-        errors = len([o for o in report.outcomes if o.plan.spec_digest is None and o.plan.status == ERROR])
-        report.outcomes[errors:] = sorted(report.outcomes[errors:], key=lambda o: (
-            o.plan.workspace, o.plan.status == Status.ORPHANED, o.plan.id))
+                self._apply_workspace(run, group)
+        outcomes = run.report.outcomes
+        outcomes[errors:] = sorted(outcomes[errors:], key=lambda o: (o.plan.workspace, o.plan.status == ORPHANED,
+                                                                     o.plan.id))
         if self.stop.is_set():
-            report.stop("shutting down")
-        return report
+            run.report.stop("shutting down")
+        return run.report
 
-    def _apply_workspace(self, specs: SpecSet, only: Iterable[str], force: bool, prune: bool | None,
-                         records: dict[str, CohortRecord], report: RunReport, trigger: str,
-                         expected: dict[str, str] | None, workspace: str) -> None:
+    def _apply_workspace(self, run: "_Run", workspace: str) -> None:
         """One workspace's cohorts in turn; a 401/403 or a shutdown stops this workspace only."""
-        for prepared in self.prepare(specs, only, force=force, prune=prune, records=records, workspaces=[workspace],
-                                     errors=False):
+        for prepared in self.prepare(run.specs, run.only, force=run.force, prune=run.prune, records=run.records,
+                                     workspaces=[workspace], errors=False):
             try:
-                outcome = self._apply_one(prepared, records, report, trigger, expected)
+                outcome = self._apply_one(prepared, run)
             finally:
                 prepared.close()
-            report.outcomes.append(outcome)
+            run.report.outcomes.append(outcome)
             if self.stop.is_set() or outcome.fatal:
                 break  # plan no more: nothing more will be sent to this workspace in this run
 
-    def _apply_one(self, prepared: PreparedPlan, records: dict[str, CohortRecord], report: RunReport,
-                   trigger: str, expected: dict[str, str] | None) -> CohortOutcome:
+    def _apply_one(self, prepared: PreparedPlan, run: "_Run") -> CohortOutcome:
         plan = prepared.plan
-        if expected is not None and fingerprint(plan) != expected.get(plan.key):
+        if run.expected is not None and fingerprint(plan) != run.expected.get(plan.key):
             return CohortOutcome(plan, Status.STALE, error=STALE)
-        if report.dry_run or not plan.actionable:
-            self._note_idle(plan, records.get(plan.key), report.dry_run)
+        if run.report.dry_run or not plan.actionable:
+            self._note_idle(plan, run.records.get(plan.key), run.report.dry_run)
             return CohortOutcome(plan, plan.status, error=plan.reason if plan.status == ERROR else None)
-        run = RunRecord(report.run_id, plan.key, Status.RUNNING, time.time(), trigger,
-                        planned_adds=plan.adds, planned_removes=plan.removes)
+        record = RunRecord(run.report.run_id, plan.key, Status.RUNNING, time.time(), run.trigger,
+                           planned_adds=plan.adds, planned_removes=plan.removes)
         try:
             client = self.client_for(plan.workspace)
         except ConfigError as exc:
             return CohortOutcome(plan, Status.FAILED, error=str(exc))
         try:
-            return execute(prepared, client, self.state, run, self.stop, self.progress)
+            return execute(prepared, client, self.state, record, self.stop, self.progress)
         except FatalApiError as exc:
             where = f"workspace {plan.workspace}: " if plan.workspace != DEFAULT_WORKSPACE else ""
-            report.stop(f"{where}MoEngage refused the credentials or the account: {exc}")
+            run.report.stop(f"{where}MoEngage refused the credentials or the account: {exc}")
             log.error("run stopped for workspace %s: %s", plan.workspace, exc)
             return CohortOutcome(plan, Status.FAILED, error=str(exc), fatal=True)
 
