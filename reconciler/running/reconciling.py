@@ -148,8 +148,8 @@ class Reconciler:
               dry_run: bool = False, trigger: str = "cli", expected: dict[str, str] | None = None,
               workspaces: Iterable[str] = ()) -> RunReport:
         """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused."""
-        run = _Run(specs, list(only), force, prune, self.state.cohorts(), RunReport(uuid.uuid4().hex[:12], dry_run=dry_run),
-                   trigger, expected)
+        report = RunReport(uuid.uuid4().hex[:12], dry_run=dry_run)
+        run = _Run(specs, list(only), force, prune, self.state.cohorts(), report, trigger, expected)
         for plan in spec_error_plans(specs):
             if not run.only or plan.id in run.only:
                 run.report.outcomes.append(self._apply_one(PreparedPlan(plan), run))
