@@ -16,7 +16,8 @@ from reconciler.state.store import CohortRecord, RunRecord
 
 FORMAT_VERSION = 1
 GITHUB_COMMENT_LIMIT = 65_536
-_MARK = {"unchanged": " ", "changed": "~", "blocked": "!", "error": "x", "suspended": "-", "orphaned": "?"}
+_MARK = {Status.UNCHANGED: " ", Status.CHANGED: "~", Status.BLOCKED: "!", Status.ERROR: "x", Status.SUSPENDED: "-",
+         Status.ORPHANED: "?"}
 
 
 def plan_text(plans: Sequence[CohortPlan]) -> str:
@@ -36,13 +37,13 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
             lines.append(f"    {p.reason}")
         if p.unconfirmed:
             lines.append(f"    {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}")
-        if p.sample_adds and p.status != "unchanged":
+        if p.sample_adds and p.status != Status.UNCHANGED:
             lines.append(f"    + {', '.join(p.sample_adds)}{' ...' if p.adds > len(p.sample_adds) else ''}")
-        if p.sample_removes and p.status != "unchanged":
+        if p.sample_removes and p.status != Status.UNCHANGED:
             lines.append(f"    - {', '.join(p.sample_removes)}{' ...' if p.removes > len(p.sample_removes) else ''}")
     t = totals(list(plans))
-    changing = t.get("changed", 0) + (1 if any(p.status == "orphaned" and p.removes for p in plans) else 0)
-    problems = t.get("blocked", 0) + t.get("error", 0)
+    changing = t.get(Status.CHANGED, 0) + (1 if any(p.status == Status.ORPHANED and p.removes for p in plans) else 0)
+    problems = t.get(Status.BLOCKED, 0) + t.get(Status.ERROR, 0)
     if changing == 0 and not t["adds"] and not t["removes"]:
         lines.append("\nNo changes to send." if problems else "\nNo changes. MoEngage matches the specs.")
     else:
@@ -75,7 +76,7 @@ def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT
             "|---|---|---:|---:|---:|---:|---:|---|"]
     for p in plans:
         desired = "?" if p.desired is None else f"{p.desired:,}"
-        note = ("passed" if p.status == "changed" and not p.forced else p.reason) or ""
+        note = ("passed" if p.status == Status.CHANGED and not p.forced else p.reason) or ""
         if p.unconfirmed:
             note = f"{note}; {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}" if note else \
                 _unconfirmed(p.unconfirmed, p.unconfirmed_since)
@@ -83,7 +84,7 @@ def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT
         head.append(f"| `{p.key}` | {p.status} | {desired} | {p.synced:,} | +{p.adds:,} | -{p.removes:,} | {p.requests:,} | {note} |")
     details = []
     for p in plans:
-        if p.status != "unchanged" and (p.sample_adds or p.sample_removes):
+        if p.status != Status.UNCHANGED and (p.sample_adds or p.sample_removes):
             body = [f"+ {u}" for u in p.sample_adds] + [f"- {u}" for u in p.sample_removes]
             details += [f"<details><summary><code>{p.id}</code> sample uids</summary>", "", "```diff", *body, "```",
                         "", "</details>"]
@@ -130,7 +131,8 @@ def _when(ts: float | None) -> str:
 
 
 def status_rows(records: dict[str, CohortRecord]) -> list[dict[str, Any]]:
-    return [{"id": r.id, "cohort": r.cohort, "workspace": r.workspace, "name": r.name, "synced": r.synced_count, "converged": r.converged,
+    return [{"id": r.id, "cohort": r.cohort, "workspace": r.workspace, "name": r.name, "synced": r.synced_count,
+             "converged": r.converged,
              "last_status": r.last_status, "last_run": _when(r.last_run_at), "last_success": _when(r.last_success_at),
              "last_error": r.last_error, "unconfirmed": r.unconfirmed,
              "unconfirmed_since": _when(r.unconfirmed_since) if r.unconfirmed_since else None}
