@@ -104,6 +104,25 @@ def _whole(text: str) -> int:
         raise ValueError(f"{text!r} is not a whole number") from None
 
 
+DATA_CENTRES = ("01", "02", "03", "04", "05", "06", "101")  # MoEngage's: https://api-{dc}.moengage.com
+# MoEngage's own API descriptions disagree on whether a cohort name starts with "." (specs/rules.py applies it)
+NAME_RULES = ("leading_period", "no_leading_period")
+
+
+def data_centre(value: Any, base: Path | None = None) -> str:
+    """'01'..'06' or '101'; an unquoted `dc: 1` in YAML (an integer) or "1" means '01', not api-1."""
+    text = str(value).strip()
+    if not isinstance(value, bool) and text.isdigit() and int(text) in (1, 2, 3, 4, 5, 6, 101):
+        return f"{int(text):02d}"
+    raise ValueError(f"{value!r} is not a MoEngage data centre: use one of {', '.join(DATA_CENTRES)}")
+
+
+def _name_rule(value: Any, base: Path | None = None) -> str:
+    if value not in NAME_RULES:
+        raise ValueError(f"{value!r} is not a cohort-name rule: use {' or '.join(NAME_RULES)}")
+    return str(value)
+
+
 def _path(value: Any, base: Path | None) -> Path:
     path = Path(value)
     return path if base is None or path.is_absolute() else base / path
@@ -130,13 +149,14 @@ class Kind:
 
 
 TEXT = Kind("text", ("string",), lambda v, base: str(v))
-DC = Kind("text", ("string", "integer"), lambda v, base: str(v))  # text that the schema also takes as a number
+DC = Kind("text", ("string", "integer"), data_centre)  # text that the schema also takes as a number
 OPTIONAL_TEXT = Kind("text", ("string",), lambda v, base: str(v) or None)
 SECRET = Kind("secret", ("string",), lambda v, base: Secret(str(v)))
 FLAG = Kind("boolean", ("boolean",), lambda v, base: bool(v), _flag)
 COUNT = Kind("whole number", ("integer",), lambda v, base: int(v), _whole)
 DURATION = Kind("duration", ("string", "number"), lambda v, base: parse_duration(v))
 RATE = Kind("rate N/S", ("string",), lambda v, base: RateLimit.parse(v))
+NAME_RULE = Kind("`leading_period` or `no_leading_period`", ("string",), _name_rule)
 PATH = Kind("path", ("string",), _path)
 URL = Kind("SQLAlchemy URL", ("string",), _url)
 URLS = Kind("SQLAlchemy URL", ("object",), _urls, named=True)
@@ -178,7 +198,8 @@ def setting(default: Any, kind: Kind, env: str, doc: str, unit: str = "") -> Any
 class MoEngageSettings:
     """How to reach the Cohort Sync API and at what pace."""
 
-    dc: str = setting("01", DC, "MOENGAGE_DC", "data centre: `https://api-{dc}.moengage.com`")
+    dc: str = setting("01", DC, "MOENGAGE_DC", "data centre: `01` to `06` or `101` (`1` means `01`); "
+                      "`https://api-{dc}.moengage.com`")
     base_url: str | None = setting(None, OPTIONAL_TEXT, "MOENGAGE_BASE_URL", "overrides `dc` (the emulator, a proxy)")
     workspace_id: str = setting("", TEXT, "MOENGAGE_WORKSPACE_ID", "Basic-auth user and `MOE-APPKEY`")
     api_key: Secret = setting("", SECRET, "MOENGAGE_API_KEY", "Basic-auth password (the Data API key)")
@@ -191,11 +212,28 @@ class MoEngageSettings:
                                   "the first retry's backoff; it doubles with each retry (equal jitter: a draw "
                                   "between half of it and all of it)")
     backoff_max: float = setting("30s", DURATION, "COHORTSYNC_BACKOFF_MAX", "the longest backoff before one retry")
+    name_rule: str = setting("leading_period", NAME_RULE, "COHORTSYNC_NAME_RULE",
+                             "whether this account wants cohort names to start with `.` (`leading_period`) or "
+                             "not (`no_leading_period`); MoEngage's own API descriptions disagree")
+    # MoEngage's Get User API allows 20 users a request and 1,000 a minute: 50 requests of 20 (README, check-users)
+    lookup_rate_limit: RateLimit = setting("50/60s", RATE, "COHORTSYNC_LOOKUP_RATE_LIMIT",
+                                           "`check-users`: at most N user lookups in any window of S, a budget "
+                                           "of its own")
+    lookup_batch: int = setting(20, COUNT, "COHORTSYNC_LOOKUP_BATCH", "`check-users`: uids asked per lookup",
+                                "users")
+
+    @property
+    def api_base(self) -> str:
+        return (self.base_url or f"https://api-{self.dc}.moengage.com").rstrip("/")
 
     @property
     def url(self) -> str:
-        base = self.base_url or f"https://api-{self.dc}.moengage.com"
-        return base.rstrip("/") + "/v1/integrations/cohortsync"
+        return self.api_base + "/v1/integrations/cohortsync"
+
+    @property
+    def lookup_url(self) -> str:
+        """MoEngage's Get User API, which says which uids it knows (check-users)."""
+        return self.api_base + "/v1/customers/export"
 
 
 WORKSPACE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # also a part of environment variables' names

@@ -1,20 +1,70 @@
-"""MoEngage's cohort-name rule, as the emulator enforces it.
+"""MoEngage's rules for a cohort: the name rule (a setting: MoEngage's own docs disagree) and the segment cap.
 
-Specs are checked against the same rule by the `name` pattern of schema/cohort.schema.json
-(where an editor sees it too); tests/test_validate.py keeps the two in step.
+The emulator enforces them on requests; specs are checked against them by specs/cohorts.py (the
+characters by the `name` pattern of schema/cohort.schema.json, where an editor sees them too;
+the period by `name_rule_errors`, since it depends on the operator config). tests/test_validate.py
+keeps the schema and this module in step.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from reconciler.settings.model import NAME_RULES
+
 NAME_FORBIDDEN = '|*?\\:<>=$"'
+LEADING_PERIOD, NO_LEADING_PERIOD = NAME_RULES
+DEFAULT_NAME_RULE = LEADING_PERIOD
+NAME_RULE_KEY = "moengage.name_rule"  # where an operator switches it (COHORTSYNC_NAME_RULE)
+# A workspace holds at most this many active custom segments; one more is refused with a 429 that is
+# not a rate limit (MOENGAGE_API.md, "More facts"). Dashboard segments count too.
+MAX_ACTIVE_SEGMENTS = 1000
+SEGMENT_CAP_MESSAGE = "Total active segments limit breached"
 
 
-def cohort_name_problem(name: object) -> str | None:
-    """Why MoEngage would refuse this cohort name, or None when it is fine."""
-    if not isinstance(name, str) or not name:
-        return "cohort_name must be a non-empty string"
-    if not name.startswith("."):
-        return "cohort_name must start with a period '.'"
+def period_problem(name: str, rule: str) -> str | None:
+    """What `rule` says of the name's first character, or None when it holds."""
+    if rule == LEADING_PERIOD and not name.startswith("."):
+        return "must start with '.'"
+    if rule == NO_LEADING_PERIOD and name.startswith("."):
+        return "must not start with '.'"
+    return None
+
+
+def cohort_name_problem(name: object, rule: str = DEFAULT_NAME_RULE) -> str | None:
+    """Why MoEngage would refuse this cohort name under `rule`, or None when it is fine.
+
+    No minimum length: MoEngage documents none, so an empty name fails only the leading period.
+    """
+    if not isinstance(name, str):
+        return "cohort_name must be a string"
+    problem = period_problem(name, rule)
+    if problem:
+        return f"cohort_name {problem} (name rule {rule})"
     bad = sorted({c for c in name if c in NAME_FORBIDDEN})
     if bad:
         return f"cohort_name must not contain {' '.join(bad)} (none of {' '.join(NAME_FORBIDDEN)})"
     return None
+
+
+def how_to_switch(rule: str, key: str = NAME_RULE_KEY, env: str | None = "COHORTSYNC_NAME_RULE") -> str:
+    """One sentence: the configured rule, and the setting that changes it (per workspace: pass its key)."""
+    other = NO_LEADING_PERIOD if rule == LEADING_PERIOD else LEADING_PERIOD
+    wants = "without" if other == NO_LEADING_PERIOD else "with"
+    variable = f" (or {env}={other})" if env else ""
+    return (f"the configured name rule is {key}: {rule}; if this MoEngage account wants names {wants} "
+            f"the leading period, set {key}: {other}{variable} and rename the cohorts to match")
+
+
+def has_parentheses(name: str) -> bool:
+    """A partner's documentation says MoEngage refuses them; unconfirmed, so only a warning."""
+    return "(" in name or ")" in name
+
+
+def segment_cap_problem(cohort_ids: Sequence[str], cap: int = MAX_ACTIVE_SEGMENTS) -> str | None:
+    """A warning when one workspace's specs define more cohorts than it can hold segments, else None."""
+    count = len(set(cohort_ids))
+    if count <= cap:
+        return None
+    return (f"{count:,} cohorts for one workspace, but MoEngage holds at most {cap:,} active custom segments "
+            f"(dashboard ones count too): past that, MoEngage refuses to create one; remove "
+            f"{count - cap:,} or more, move some to another workspace, or archive unused segments in MoEngage")
