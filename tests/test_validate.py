@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.specs.rules import NAME_FORBIDDEN, cohort_name_problem
+from reconciler.settings.model import NAME_RULES
+from reconciler.specs.rules import NAME_FORBIDDEN, cohort_name_problem, period_problem
 from tests.helpers import Repo
 
 GOOD = """\
@@ -69,10 +70,14 @@ def test_missing_cohorts_dir(tmp_path, capsys):
     assert code == 1 and "directory not found" in err
 
 
-@pytest.mark.parametrize("name", [".Good name", ".ünïcode ✓", "no dot", "", *(f".a{c}b" for c in NAME_FORBIDDEN)])
-def test_specs_and_the_emulator_hold_the_same_cohort_name_rule(name):
-    """The schema's pattern checks specs, rules.py the emulator's requests: the same period and characters.
-    (The schema alone also wants a character after the period and at most 256: a spec's own rule.)"""
+@pytest.mark.parametrize("rule", NAME_RULES)
+@pytest.mark.parametrize("name", [".Good name", "Good name", ".ünïcode ✓", "no dot",
+                                  *(f".a{c}b" for c in NAME_FORBIDDEN), *(f"a{c}b" for c in NAME_FORBIDDEN)])
+def test_specs_and_the_emulator_hold_the_same_cohort_name_rule(name, rule):
+    """A spec's name passes the schema's pattern (the characters) and the configured rule (the period)
+    exactly when the emulator accepts it under that rule. (The schema alone also wants at most 256
+    characters: a spec's own rule.)"""
     schema = json.loads((Path(__file__).resolve().parent.parent / "schema/cohort.schema.json").read_text())
     pattern = schema["properties"]["name"]["pattern"]
-    assert (re.search(pattern, name) is not None) == (cohort_name_problem(name) is None)
+    spec_ok = re.search(pattern, name) is not None and period_problem(name, rule) is None
+    assert spec_ok == (cohort_name_problem(name, rule) is None)

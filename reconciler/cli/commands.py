@@ -21,9 +21,9 @@ from reconciler.common.statuses import Status
 from reconciler.state.leases import held
 from reconciler.planning.plans import BLOCKED, ERROR
 from reconciler.running.progress import Progress, for_terminal
-from reconciler.running.reconciling import Reconciler, RunReport, workspaces_of
+from reconciler.running.reconciling import Reconciler, RunReport, load_checked, workspaces_of
 from reconciler.settings.model import Settings
-from reconciler.specs.cohorts import SpecSet, load_specs, missing_sources
+from reconciler.specs.cohorts import SpecSet, missing_sources, spec_warnings
 from reconciler.state.store import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
@@ -31,7 +31,8 @@ EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 
 def validate(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts)
+    specs = load_checked(settings)
+    warn(settings, specs)
     errors = specs.errors + missing_sources(specs)
     for err in errors:
         print(err, file=sys.stderr)
@@ -41,6 +42,12 @@ def validate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"{len(specs.specs)} cohort spec(s) valid in {settings.cohorts_dir}.")
     return EXIT_OK
+
+
+def warn(settings: Settings, specs: SpecSet) -> None:
+    """What MoEngage may refuse without our knowing for sure: a line each on stderr; the exit code stays."""
+    for warning in spec_warnings(specs, settings.accounts):
+        print(warning, file=sys.stderr)
 
 
 @contextmanager
@@ -74,6 +81,7 @@ def plan(args: argparse.Namespace) -> int:
     with reconciler_for(settings, with_client=False) as reconciler:
         specs = reconciler.load()
         _check_selection(specs, reconciler, args.cohort)
+        warn(settings, specs)
         reconciler.planner.digest_desired = bool(args.out)
         state_version = reconciler.state.state_version()
         plans = reconciler.plan(specs, args.cohort, force=args.force, prune=args.prune or None,

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     users = state_dir / "demo_users.txt"
     users.write_text("".join(f"u{i:05d}\n" for i in range(1, CUSTOMERS + 1)))
     with EmulatorProcess("--db", str(state_dir / "emulator.db"), "--users", str(users), "--workspace-id",
-                         DEMO_WORKSPACE, "--api-key", DEMO_KEY, stderr=state_dir / "emulator.log") as emu:
+                         DEMO_WORKSPACE, "--api-key", DEMO_KEY, "--name-rule", settings.moengage.name_rule,
+                         stderr=state_dir / "emulator.log") as emu:
         print(f"MoEngage emulator at {emu.url} (segments in {state_dir / 'emulator.db'})\n")
         settings = demo_settings(settings, emu.url, state_dir)
         with reconciler_for(settings, with_client=True) as reconciler:

@@ -25,7 +25,7 @@ from reconciler.planning.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, Cohor
 from reconciler.settings.config import require_credentials
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
 from reconciler.sources.reading import Engines
-from reconciler.specs.cohorts import CohortSpec, SpecSet, load_specs
+from reconciler.specs.cohorts import CohortSpec, SpecSet, load_specs, name_rules
 from reconciler.state.store import CohortRecord, RunRecord, StateStore, sync_key
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Reconciler:
             client.close()
 
     def load(self) -> SpecSet:
-        return load_specs(self.settings.cohorts_dir, self.settings.connections, self.settings.accounts)
+        return load_checked(self.settings)
 
     def plan(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
              workspaces: Iterable[str] = ()) -> list[CohortPlan]:
@@ -233,6 +233,12 @@ def targets(specs: SpecSet, records: dict[str, CohortRecord],
     found = [(w, spec, records.get(sync_key(w, spec.id))) for spec in specs.specs.values() for w in spec.workspaces]
     found += [(r.workspace, None, r) for r in orphans(records, specs)]
     return sorted(found, key=lambda t: (t[0], t[1] is None, t[1].id if t[1] else t[2].cohort))  # type: ignore[union-attr]
+
+
+def load_checked(settings: Settings) -> SpecSet:
+    """Every spec, checked also against what the operator config says of its workspaces (their name rules)."""
+    accounts = settings.accounts
+    return load_specs(settings.cohorts_dir, settings.connections, accounts, name_rules(accounts))
 
 
 def orphans(records: dict[str, CohortRecord], specs: SpecSet) -> list[CohortRecord]:

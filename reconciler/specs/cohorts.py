@@ -9,13 +9,15 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.common.documents import Document, Problem, parse_yaml, schema_problems
 from reconciler.common.errors import SpecError
-from reconciler.settings.model import DEFAULT_WORKSPACE, parse_duration
+from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings, parse_duration
+from reconciler.specs.rules import DEFAULT_NAME_RULE, LEADING_PERIOD, NAME_RULE_KEY, has_parentheses, \
+    how_to_switch, period_problem, segment_cap_problem
 
 SPEC_GLOBS = ("*.yaml", "*.yml")
 FILE_SUFFIXES = (".txt", ".csv", ".txt.gz", ".csv.gz")
@@ -85,6 +87,65 @@ class SpecSet:
         return not self.errors
 
 
+@dataclass(frozen=True)
+class SpecWarning:
+    """Something MoEngage may refuse, not known for sure: `validate` and `plan` say it and go on."""
+
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: warning: {self.message}" if self.field else f"{self.file}: warning: {self.message}"
+
+
+def name_rule_errors(spec: CohortSpec, rule: str = DEFAULT_NAME_RULE, key: str = NAME_RULE_KEY,
+                     env: str | None = "COHORTSYNC_NAME_RULE") -> list[SpecError]:
+    """The cohort-name rule of one MoEngage account, on one spec (the schema already checked the characters).
+
+    `key` and `env` name the setting in the message (`moengage.name_rule`, or a workspace's)."""
+    problem = period_problem(spec.name, rule)
+    if problem is None and rule == LEADING_PERIOD and spec.name == ".":
+        problem = "is too short: put a character after the period"
+    if problem is None:
+        return []
+    return [SpecError(spec.file, "name", f"{spec.name!r} {problem}: {how_to_switch(rule, key, env)}")]
+
+
+def name_rules(accounts: Mapping[str, MoEngageSettings]) -> SpecCheck:
+    """The check load_specs runs: the name rule of each configured workspace a spec is synced to."""
+    def check(spec: CohortSpec) -> list[SpecError]:
+        errors: list[SpecError] = []
+        for name in spec.workspaces:
+            if name in accounts:  # an unknown workspace is an error of its own
+                key = NAME_RULE_KEY if name == DEFAULT_WORKSPACE else f"workspaces.{name}.name_rule"
+                env = "COHORTSYNC_NAME_RULE" if name == DEFAULT_WORKSPACE else None
+                errors += name_rule_errors(spec, accounts[name].name_rule, key, env)
+        return errors
+    return check
+
+
+def name_warnings(spec: CohortSpec) -> list[SpecWarning]:
+    if not has_parentheses(spec.name):
+        return []
+    return [SpecWarning(spec.file, "name", f"{spec.name!r} has parentheses, which MoEngage is reported to refuse "
+                                           "in cohort names (a partner's documentation says so); rename it to be safe")]
+
+
+def cap_warnings(cohort_ids: Sequence[str], where: str) -> list[SpecWarning]:
+    """The segment cap for the cohorts of one workspace (`where` names it in the warning)."""
+    problem = segment_cap_problem(cohort_ids)
+    return [SpecWarning(where, "", problem)] if problem else []
+
+
+def spec_warnings(specs: SpecSet, workspaces: Iterable[str]) -> list[SpecWarning]:
+    """Every warning for a set of specs: names, then the segment cap of each workspace."""
+    named = [w for spec in sorted(specs.specs.values(), key=lambda s: s.file) for w in name_warnings(spec)]
+    capped = [w for name in workspaces for w in cap_warnings(
+        [s.id for s in specs.specs.values() if name in s.workspaces], f"workspace {name}")]
+    return named + capped
+
+
 def missing_sources(specs: SpecSet) -> list[SpecError]:
     """UID files that do not exist yet: an error for `validate`; at run time, a source error
     of that cohort alone (reported under its id, its members kept)."""
@@ -97,9 +158,14 @@ def spec_files(cohorts_dir: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(cohorts_dir).parts))
 
 
-def load_specs(cohorts_dir: Path, connections: Iterable[str],
-               workspaces: Iterable[str] = (DEFAULT_WORKSPACE,)) -> SpecSet:
-    """Load and check every spec under `cohorts_dir` against the connections and workspaces configured."""
+SpecCheck = Callable[["CohortSpec"], list[SpecError]]  # a check that needs the operator config (the name rule)
+
+
+def load_specs(cohorts_dir: Path, connections: Iterable[str], workspaces: Iterable[str] = (DEFAULT_WORKSPACE,),
+               check: SpecCheck | None = None) -> SpecSet:
+    """Load and check every spec under `cohorts_dir` against the connections and workspaces configured;
+    `check` adds what the operator config says of a spec (name_rules), run on every spec that has a
+    name, even one the schema refused."""
     root = cohorts_dir.resolve()
     specs: dict[str, CohortSpec] = {}
     errors: list[SpecError] = []
@@ -110,7 +176,7 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str],
     files = spec_files(root)
     for path in files:
         rel = str(path.relative_to(root))
-        spec, problems = load_spec(path, root, set(connections), set(workspaces))
+        spec, problems = load_spec(path, root, set(connections), set(workspaces), check)
         if spec is not None and spec.id in specs:
             problems.append(Problem("id", f"{spec.id!r} is also the id of {specs[spec.id].file}; ids must be unique"))
         if spec is not None and spec.name in names:
@@ -126,7 +192,8 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str],
 
 
 def load_spec(path: Path, root: Path, connections: set[str],
-              workspaces: set[str] = frozenset({DEFAULT_WORKSPACE})) -> tuple[CohortSpec | None, list[Problem]]:
+              workspaces: set[str] = frozenset({DEFAULT_WORKSPACE}),
+              check: SpecCheck | None = None) -> tuple[CohortSpec | None, list[Problem]]:
     """One spec file: a CohortSpec when it parsed far enough, and its problems."""
     try:
         raw = path.read_bytes()
@@ -144,9 +211,17 @@ def load_spec(path: Path, root: Path, connections: set[str],
         return None, [Problem("", "a spec must be a YAML mapping with id, name and source", 1)]
     problems += schema_problems(doc, "cohort.schema.json")
     if problems:
-        cid = doc.data.get("id")
-        return (_stub(cid, path, root) if isinstance(cid, str) else None), problems
-    return _build(doc, path, root, connections, workspaces)
+        stub = _stub(doc.data, path, root)
+        problems += _checked(check, stub, doc)
+        return (stub if isinstance(doc.data.get("id"), str) else None), problems
+    spec, problems = _build(doc, path, root, connections, workspaces)
+    return spec, problems + _checked(check, spec, doc)
+
+
+def _checked(check: SpecCheck | None, spec: CohortSpec | None, doc: Document) -> list[Problem]:
+    if check is None or spec is None or not spec.name:
+        return []
+    return [Problem(e.field, e.message, doc.line_of(tuple(e.field.split(".")))) for e in check(spec)]
 
 
 def _build(doc: Document, path: Path, root: Path, connections: set[str],
@@ -179,8 +254,15 @@ def _build(doc: Document, path: Path, root: Path, connections: set[str],
     return spec, problems
 
 
-def _stub(cohort_id: str, path: Path, root: Path) -> CohortSpec:
-    return CohortSpec(cohort_id, "", SourceSpec("file"), str(path.relative_to(root)))
+def _stub(data: dict, path: Path, root: Path) -> CohortSpec:
+    """What a spec the schema refused still says: its id, name and workspaces, when they are text."""
+    def text(key: str) -> str:
+        return data[key] if isinstance(data.get(key), str) else ""
+    targets = data.get("workspaces")
+    if not (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
+        targets = [DEFAULT_WORKSPACE]
+    return CohortSpec(text("id"), text("name"), SourceSpec("file"), str(path.relative_to(root)),
+                      workspaces=tuple(targets))
 
 
 def _max_removals(value: int | str) -> MaxRemovals:
