@@ -8,7 +8,8 @@ import threading
 
 from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer, load_users
 from reconciler.emulator.store import SegmentStore
-from reconciler.settings.model import MoEngageSettings, RateLimit, parse_duration
+from reconciler.settings.model import NAME_RULES, MoEngageSettings, RateLimit, parse_duration
+from reconciler.specs.rules import MAX_ACTIVE_SEGMENTS
 
 API = MoEngageSettings()  # the real API's limits are the client's defaults: one declaration serves both
 
@@ -27,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"N/Ss sliding window (default: {API.rate_limit}, as moengage.rate_limit)")
     p.add_argument("--max-payload-bytes", type=int, default=API.max_payload_bytes,
                    help=f"request body limit (default: {API.max_payload_bytes}, as moengage.max_payload_bytes)")
+    p.add_argument("--lookup-rate-limit", default=API.lookup_rate_limit, type=RateLimit.parse,
+                   help=f"N/Ss window of the user lookup, apart from the other (default: {API.lookup_rate_limit}, "
+                        "as moengage.lookup_rate_limit)")
+    p.add_argument("--name-rule", choices=NAME_RULES, default=API.name_rule,
+                   help=f"whether cohort names must start with '.' (default: {API.name_rule}, as moengage.name_rule)")
+    p.add_argument("--max-segments", type=int, default=MAX_ACTIVE_SEGMENTS,
+                   help=f"active segments a workspace holds; one more is refused with a 429 (default: {MAX_ACTIVE_SEGMENTS})")
     p.add_argument("--suspended", action="store_true", help="answer 403 to everything, as for a suspended account")
     p.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
     p.add_argument("--throttle-rate", type=float, default=0.0, help="fraction answered 429 with Retry-After")
@@ -60,7 +68,8 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
     accounts = credentials(args)
     config = EmulatorConfig(
         credentials=accounts, rate_limit=args.rate_limit,
-        max_payload_bytes=args.max_payload_bytes, suspended=args.suspended, error_rate=args.error_rate,
+        max_payload_bytes=args.max_payload_bytes, lookup_rate_limit=args.lookup_rate_limit, name_rule=args.name_rule,
+        max_segments=args.max_segments, suspended=args.suspended, error_rate=args.error_rate,
         throttle_rate=args.throttle_rate, drop_rate=args.drop_rate, lose_answer_rate=args.lose_answer_rate,
         latency=args.latency, answer_latency=args.answer_latency,
         retry_after=args.retry_after, seed=args.seed,

@@ -2,8 +2,11 @@
 
 Order of checks, as a gateway in front of the real service would apply them: latency, a
 dropped connection, auth (401), a suspended account (403), the rate window (429), the
-content type (415), the body size (413), JSON and fields (400), injected 500s and 429s, then the
-segment change. Only accepted requests count in the rate window.
+content type (415), the body size (413), JSON and fields (400), injected 500s and 429s, the
+segment cap (429), then the segment change. Only accepted requests count in the rate window.
+A missing MOE-APPKEY is a 400, as MoEngage's API description says (a mismatch is a 401); any other
+method or path answers in the documented error shape, never with an HTML page. The user lookup
+that `check-users` asks lives in lookup.py, on a rate window of its own.
 """
 from __future__ import annotations
 
@@ -24,13 +27,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from reconciler.moengage.batching import ACTIONS
+from reconciler.emulator import lookup
 from reconciler.emulator.store import SegmentStore
 from reconciler.common.httpio import RefusedBody, discard_body, read_body, send_json
-from reconciler.specs.rules import cohort_name_problem
-from reconciler.settings.model import MoEngageSettings, RateLimit
+from reconciler.specs.rules import DEFAULT_NAME_RULE, MAX_ACTIVE_SEGMENTS, SEGMENT_CAP_MESSAGE, cohort_name_problem
+from reconciler.settings.model import NAME_RULES, MoEngageSettings, RateLimit
 
 log = logging.getLogger(__name__)
 API_PATH = "/v1/integrations/cohortsync"
+API_PATHS = (API_PATH, lookup.LOOKUP_PATH)  # MoEngage's: POST only
+MISSING = "MissingAttributeError"  # MoEngage's documented error type for an absent field or header
 
 
 @dataclass
@@ -42,6 +48,9 @@ class EmulatorConfig:
     credentials: dict[str, str] = field(default_factory=dict)  # more workspaces: workspace id -> Data API key
     rate_limit: RateLimit = MoEngageSettings.rate_limit  # the real API's limits, as the client's defaults declare them
     max_payload_bytes: int = MoEngageSettings.max_payload_bytes
+    lookup_rate_limit: RateLimit = MoEngageSettings.lookup_rate_limit  # the Get User API's own budget
+    name_rule: str = DEFAULT_NAME_RULE  # MoEngage's docs disagree: as the client's moengage.name_rule
+    max_segments: int = MAX_ACTIVE_SEGMENTS  # active custom segments a workspace holds
     suspended: bool = False  # 403 for every request
     error_rate: float = 0.0  # fraction answered 500
     throttle_rate: float = 0.0  # fraction answered 429 with Retry-After
@@ -59,8 +68,10 @@ class EmulatorConfig:
 
     def update(self, changes: dict) -> None:
         for key, value in changes.items():
-            if key == "rate_limit":
+            if key in ("rate_limit", "lookup_rate_limit"):
                 value = RateLimit.parse(value)
+            elif key == "name_rule" and value not in NAME_RULES:
+                raise ValueError(f"name_rule must be one of {', '.join(NAME_RULES)}")
             elif not hasattr(self, key) or key == "seed":
                 raise ValueError(f"unknown setting {key!r}")
             setattr(self, key, value)
@@ -74,6 +85,8 @@ class Emulator:
         self.rng = random.Random(config.seed)
         self.lock = threading.Lock()
         self.windows: dict[str, deque[float]] = {}  # per workspace: MoEngage limits each account on its own
+        self.lookups: dict[str, lookup.Window] = {}  # per workspace too, apart from the cohort syncs
+        self.creating = threading.Lock()  # the segment cap is checked and a segment created as one step
         self.requests: list[dict] = []
 
     def roll(self, rate: float) -> bool:
@@ -103,6 +116,7 @@ class Emulator:
         self.store.reset()
         with self.lock:
             self.windows.clear()
+            self.lookups.clear()
             self.requests.clear()
 
 
@@ -128,6 +142,8 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == API_PATH:
             self._api()
+        elif path == lookup.LOOKUP_PATH:
+            self._lookup()
         elif path == "/_emulator/reset":
             self.server.emulator.reset()
             self._json(200, {"status": "reset"})
@@ -135,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
             self._configure()
         else:
             discard_body(self)
-            self._json(404, {"status": "fail", "error": {"message": f"no route {path}"}})
+            self._error(Reply(404, f"No such endpoint: POST {path}", "path", "NotFound"))
 
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
@@ -156,7 +172,25 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/_emulator/healthz":
             self._json(200, {"status": "ok"})
         else:
-            self._json(404, {"error": f"no route {path}"})
+            self.send_error(501 if path in API_PATHS else 404)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own answers (an unknown method, a bad request line) in MoEngage's error shape, not HTML.
+
+        Any method but POST on an API path is a 405 naming the one allowed."""
+        path = urlsplit(getattr(self, "path", "") or "").path
+        headers = {}
+        if code == 501 and path in API_PATHS:
+            code, message, headers = 405, f"Method {self.command} not allowed on {path}: use POST", {"Allow": "POST"}
+        elif code == 404:
+            message = f"No such endpoint: {self.command} {path}"
+        self.close_connection = True  # whatever body came with it is not read
+        reason = self.responses.get(code, ("Error",))[0]
+        reply = Reply(code, message or reason, "method" if code == 405 else "", reason.replace(" ", ""), headers)
+        try:
+            self._error(reply)
+        except OSError:
+            pass
 
     # --- the API ----------------------------------------------------------------------------
     def _api(self) -> None:
@@ -196,13 +230,10 @@ class Handler(BaseHTTPRequestHandler):
             discard_body(self)
             raise Reply(429, f"Rate limit of {cfg.rate_limit} exceeded", "", "RateLimitExceeded",
                         {"Retry-After": str(max(1, math.ceil(wait)))})
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            discard_body(self)
-            raise Reply(415, "Content-Type must be application/json", "Content-Type", "UnsupportedMediaType")
+        self._check_content_type()
         raw = self._read_body(cfg.max_payload_bytes)
         entry["bytes"] = len(raw)
-        body = validate_body(raw)
+        body = validate_body(raw, cfg.name_rule)
         params = body["parameters"]
         entry.update(action=body["action"], cohort_id=params["cohort_id"], members=len(params["members"]))
         if emu.roll(cfg.error_rate):
@@ -212,15 +243,25 @@ class Handler(BaseHTTPRequestHandler):
                         {"Retry-After": f"{cfg.retry_after:g}"})
         return body
 
+    def _check_content_type(self) -> None:
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            discard_body(self)
+            raise Reply(415, "Content-Type must be application/json", "Content-Type", "UnsupportedMediaType")
+
     def _check_auth(self) -> str:
-        """The workspace id the request is for, once its credentials pass."""
+        """The workspace id the request is for, once its credentials pass: Basic auth (401), then
+        MOE-APPKEY: absent is a 400 (MoEngage's description), another user a 401."""
         cfg = self.server.emulator.config
         header = self.headers.get("Authorization") or ""
-        appkey = self.headers.get("MOE-APPKEY") or ""
+        appkey = self.headers.get("MOE-APPKEY")
         user, password = _basic(header)
         if user is None or not user or not password:
             discard_body(self)
             raise Reply(401, "Authentication required: Basic auth with workspace id and Data API key", "Authorization", "Unauthorized")
+        if appkey is None:
+            discard_body(self)
+            raise Reply(400, "The MOE-APPKEY header is required: the workspace id", "MOE-APPKEY", MISSING)
         if appkey != user:
             discard_body(self)
             raise Reply(401, "MOE-APPKEY must equal the Basic auth username", "MOE-APPKEY", "Unauthorized")
@@ -234,9 +275,47 @@ class Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         params = body["parameters"]
         uids = [m["uid"] for m in params["members"]]
-        matched = uids if emu.users is None else [u for u in uids if u in emu.users]
-        emu.store.apply(body["action"], body["partner"], params["cohort_id"], params["cohort_name"],
-                        params.get("cohort_description"), matched, len(uids) - len(matched), workspace)
+        matched = [u for u in uids if u and (emu.users is None or u in emu.users)]  # no user has an empty id
+        with emu.creating:
+            self._check_cap(workspace, params["cohort_id"])
+            emu.store.apply(body["action"], body["partner"], params["cohort_id"], params["cohort_name"],
+                            params.get("cohort_description"), matched, len(uids) - len(matched), workspace)
+
+    def _check_cap(self, workspace: str, cohort_id: str) -> None:
+        """A request that would create one segment past the workspace's cap: MoEngage's 429 that is not a rate limit."""
+        emu = self.server.emulator
+        if not emu.store.exists(workspace, cohort_id) and emu.store.count(workspace) >= emu.config.max_segments:
+            raise Reply(429, SEGMENT_CAP_MESSAGE, "parameters.cohort_id", "Segment Limit Exceeded")
+
+    # --- the user lookup (check-users) ---------------------------------------------------------
+    def _lookup(self) -> None:
+        emu, cfg = self.server.emulator, self.server.emulator.config
+        entry: dict = {"workspace": None, "action": "lookup", "cohort_id": None, "members": 0, "bytes": 0}
+        started = time.time()
+        try:
+            entry["workspace"] = workspace = self._check_auth()
+            if cfg.suspended:
+                discard_body(self)
+                raise Reply(403, "Your account is suspended or blocked", "", "Forbidden")
+            with emu.lock:
+                window = emu.lookups.setdefault(workspace, lookup.Window())
+            wait = window.admit(cfg.lookup_rate_limit)
+            if wait is not None:
+                discard_body(self)
+                raise Reply(429, f"Rate limit of {cfg.lookup_rate_limit} user lookups exceeded", "", "Rate Limits Exceeded",
+                            {"Retry-After": str(max(1, math.ceil(wait)))})
+            self._check_content_type()
+            raw = self._read_body(cfg.max_payload_bytes)
+            entry["bytes"] = len(raw)
+            asked = _lookup_identifiers(raw)
+            entry["members"] = len(asked)
+            if emu.roll(cfg.error_rate):
+                raise Reply(500, "Internal server error (injected)", "", "InternalServerError")
+            emu.record(**entry, status=200, elapsed=time.time() - started)
+            self._json(200, lookup.answer(asked, emu.users))
+        except Reply as reply:
+            emu.record(**entry, status=reply.status, elapsed=time.time() - started)
+            self._error(reply)
 
     # --- plumbing -------------------------------------------------------------------------
     def _read_body(self, limit: int) -> bytes:
@@ -283,40 +362,49 @@ def _basic(header: str) -> tuple[str | None, str]:
     return (user, password) if sep else (None, "")
 
 
-def validate_body(raw: bytes) -> dict:
-    """MoEngage's documented body checks; a Reply(400) names the attribute at fault."""
+def validate_body(raw: bytes, name_rule: str = DEFAULT_NAME_RULE) -> dict:
+    """MoEngage's documented body checks; a Reply(400) names the attribute at fault.
+
+    Only what the API description says: strings have no minimum length and `members` no minimum
+    count, so an empty partner, cohort_id or uid, or no members, are accepted (an empty uid matches nobody).
+    """
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise Reply(400, f"Malformed JSON: {exc}", "body", "InvalidJSON")
+        raise Reply(400, f"Malformed JSON: {exc}", "body", "Malformed JSON")
     if not isinstance(body, dict):
         raise Reply(400, "The body must be a JSON object", "body", "ValidationError")
-    _require_str(body, "action", "action")
+    _require(body, "action", "action")
     if body["action"] not in ACTIONS:
         raise Reply(400, f"action must be one of {', '.join(ACTIONS)}", "action", "ValidationError")
-    _require_str(body, "partner", "partner")
-    params = body.get("parameters")
-    if not isinstance(params, dict):
-        raise Reply(400, "parameters is required and must be an object", "parameters", "ValidationError")
-    _require_str(params, "cohort_id", "parameters.cohort_id")
-    _require_str(params, "cohort_name", "parameters.cohort_name")
-    problem = cohort_name_problem(params["cohort_name"])
+    _require(body, "partner", "partner")
+    params = _require(body, "parameters", "parameters", dict, "an object")
+    _require(params, "cohort_id", "parameters.cohort_id")
+    problem = cohort_name_problem(_require(params, "cohort_name", "parameters.cohort_name"), name_rule)
     if problem:
         raise Reply(400, problem, "parameters.cohort_name", "ValidationError")
     if "cohort_description" in params and not isinstance(params["cohort_description"], str):
         raise Reply(400, "cohort_description must be a string", "parameters.cohort_description", "ValidationError")
-    members = params.get("members")
-    if not isinstance(members, list) or not members:
-        raise Reply(400, "members is required and must be a non-empty list", "parameters.members", "ValidationError")
-    for i, member in enumerate(members):
-        if not isinstance(member, dict) or not isinstance(member.get("uid"), str) or not member["uid"]:
-            raise Reply(400, 'each member must be {"uid": "<non-empty string>"}', f"parameters.members[{i}]", "ValidationError")
+    for i, member in enumerate(_require(params, "members", "parameters.members", list, "a list")):
+        if not isinstance(member, dict) or not isinstance(member.get("uid"), str):
+            raise Reply(400, 'each member must be {"uid": "<string>"}', f"parameters.members[{i}]", "ValidationError")
     return body
 
 
-def _require_str(obj: dict, key: str, attribute: str) -> None:
-    if not isinstance(obj.get(key), str) or not obj[key]:
-        raise Reply(400, f"{attribute} is required and must be a non-empty string", attribute, "ValidationError")
+def _require(obj: dict, key: str, attribute: str, kind: type = str, what: str = "a string") -> object:
+    """The value of a required field: absent is MoEngage's MissingAttributeError, the wrong type a ValidationError."""
+    if key not in obj:
+        raise Reply(400, f"{attribute} is required", attribute, MISSING)
+    if not isinstance(obj[key], kind):
+        raise Reply(400, f"{attribute} must be {what}", attribute, "ValidationError")
+    return obj[key]
+
+
+def _lookup_identifiers(raw: bytes) -> list[dict]:
+    try:
+        return lookup.identifiers(raw)
+    except lookup.LookupRefused as refused:
+        raise Reply(400, refused.message, refused.attribute, refused.type) from None
 
 
 class EmulatorServer(ThreadingHTTPServer):
