@@ -30,6 +30,7 @@ from reconciler.common.errors import (
 from reconciler.common.waiting import pause
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
 from reconciler.settings.model import MoEngageSettings
+from reconciler.specs.rules import DEFAULT_NAME_RULE, MAX_ACTIVE_SEGMENTS, how_to_switch
 
 log = logging.getLogger(__name__)
 MAX_THROTTLED = 100  # consecutive 429s on one batch before we give up on it
@@ -70,13 +71,7 @@ class MoEngageClient:
         self.stats = ClientStats()
         self._session = session or requests.Session()
         self._rng = rng or random.Random()
-        token = f"{settings.workspace_id}:{settings.api_key.reveal()}".encode()
-        self._headers = {
-            "Authorization": "Basic " + base64.b64encode(token).decode("ascii"),
-            "MOE-APPKEY": settings.workspace_id,
-            "Content-Type": "application/json",
-            "User-Agent": "cohortsync",
-        }
+        self._headers = auth_headers(settings)
 
     def __repr__(self) -> str:
         return f"MoEngageClient({self.settings.url!r}, workspace={self.settings.workspace_id!r})"
@@ -145,13 +140,7 @@ class MoEngageClient:
             raise
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with equal jitter: a draw between half the cap and all of it.
-
-        Not full jitter (0 to the cap): that can draw almost nothing and hit a failing server again
-        at once; half the cap is still random enough to spread the processes of one account apart.
-        """
-        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
-        return self._rng.uniform(cap / 2, cap)
+        return backoff(self.settings, attempt, self._rng)
 
     def _post(self, batch: Batch) -> None:
         with self.limiter.slot():
@@ -174,16 +163,49 @@ class MoEngageClient:
         self.stats.statuses[str(resp.status_code)] += 1
         self.stats.bytes_sent += len(batch.body)
         if resp.status_code != 200:
-            raise classify(resp)
+            raise classify(resp, self.settings.name_rule)
 
 
-def classify(resp: requests.Response) -> ApiError:
-    """Turn a non-200 answer into the exception that tells the caller what to do."""
+def auth_headers(settings: MoEngageSettings) -> dict[str, str]:
+    """What every Data API request carries: Basic auth (workspace id, Data API key), MOE-APPKEY, JSON."""
+    token = f"{settings.workspace_id}:{settings.api_key.reveal()}".encode()
+    return {
+        "Authorization": "Basic " + base64.b64encode(token).decode("ascii"),
+        "MOE-APPKEY": settings.workspace_id,
+        "Content-Type": "application/json",
+        "User-Agent": "cohortsync",
+    }
+
+
+def backoff(settings: MoEngageSettings, attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter: a draw between half the cap and all of it.
+
+    Not full jitter (0 to the cap): that can draw almost nothing and hit a failing server again
+    at once; half the cap is still random enough to spread the processes of one account apart.
+    """
+    cap = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
+    return rng.uniform(cap / 2, cap)
+
+
+def classify(resp: requests.Response, name_rule: str = DEFAULT_NAME_RULE) -> ApiError:
+    """Turn a non-200 answer into the exception that tells the caller what to do.
+
+    Two answers say more than MoEngage's message: a 429 for the segment cap is no rate limit (it
+    fails the cohort at once: waiting will not help), and a 400 on the cohort name may be the name
+    rule, which MoEngage's own docs disagree on (the error says which is configured, and how to switch).
+    """
     status = resp.status_code
-    message, request_id, attribute = _error_fields(resp)
+    message, request_id, attribute, kind = _error_fields(resp)
     kw = {"status": status, "request_id": request_id, "attribute": attribute}
+    if status == 429 and segment_cap(message, kind):
+        return CohortApiError(f"{message}: the workspace already holds the most active custom segments MoEngage "
+                              f"allows ({MAX_ACTIVE_SEGMENTS:,}, dashboard ones included), so this cohort's segment "
+                              "cannot be created; archive unused segments in MoEngage or remove cohorts "
+                              "(retrying will not help)", **kw)  # type: ignore[arg-type]
     if status == 429:
         return TemporaryApiError(message, delay=retry_after(resp.headers.get("Retry-After")), **kw)
+    if status == 400 and "cohort_name" in f"{attribute} {message}":
+        return CohortApiError(f"{message}; {how_to_switch(name_rule)}", **kw)  # type: ignore[arg-type]
     if status in (401, 403):
         return FatalApiError(message, **kw)  # type: ignore[arg-type]
     if status == 413:
@@ -205,7 +227,14 @@ def _never_connected(exc: requests.RequestException) -> bool:
         mark in text for mark in ("NewConnectionError", "Connection refused", "NameResolutionError"))
 
 
-def _error_fields(resp: requests.Response) -> tuple[str, str | None, str | None]:
+def segment_cap(message: str, kind: str | None) -> bool:
+    """MoEngage's "Total active segments limit breached": told apart from a rate limit by its words."""
+    text = f"{message} {kind or ''}".lower()
+    return "segment" in text and ("limit" in text or "breach" in text)
+
+
+def _error_fields(resp: requests.Response) -> tuple[str, str | None, str | None, str | None]:
+    """MoEngage's error body: message, request_id, attribute and type (whatever is there)."""
     try:
         error = resp.json().get("error") or {}
     except (ValueError, AttributeError):
@@ -213,7 +242,7 @@ def _error_fields(resp: requests.Response) -> tuple[str, str | None, str | None]
     if not isinstance(error, dict):
         error = {"message": str(error)}
     message = str(error.get("message") or resp.reason or "unexpected answer")
-    return message, error.get("request_id"), error.get("attribute")
+    return message, error.get("request_id"), error.get("attribute"), error.get("type")
 
 
 def retry_after(value: str | None) -> float | None:

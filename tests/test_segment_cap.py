@@ -1,0 +1,87 @@
+"""A workspace holds at most 1,000 active custom segments: one more is a 429 that is no rate limit.
+
+The emulator answers it as MoEngage does; the client fails that cohort at once (no retry loop) with a
+message that says why; validate and plan warn when the specs define more cohorts than the cap.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reconciler.common.errors import CohortApiError
+from reconciler.specs.cohorts import cap_warnings
+from reconciler.specs.rules import MAX_ACTIVE_SEGMENTS, SEGMENT_CAP_MESSAGE, segment_cap_problem
+from tests.conftest import API_KEY, WORKSPACE
+from tests.helpers import Repo
+from tests.test_client import make_client, send_all
+from tests.test_emulator import assert_error_shape, body, post
+
+
+def test_the_emulator_refuses_the_segment_past_the_cap(start_emulator):
+    emu = start_emulator("--max-segments", "2")
+    assert post(emu, body(cohort_id="a")).status_code == 200
+    assert post(emu, body(cohort_id="b", action="remove_members")).status_code == 200  # a remove creates one too
+    error = assert_error_shape(post(emu, body(cohort_id="c")), 429, "parameters.cohort_id")
+    assert error["message"] == SEGMENT_CAP_MESSAGE
+    assert post(emu, body(cohort_id="a", uids=["u9"])).status_code == 200  # existing segments still change
+    assert sorted(emu.segments()) == ["a", "b"]
+    emu.configure(max_segments=3)
+    assert post(emu, body(cohort_id="c")).status_code == 200
+
+
+def test_the_emulators_cap_defaults_to_moengages():
+    from reconciler.emulator.server import EmulatorConfig
+    assert EmulatorConfig().max_segments == MAX_ACTIVE_SEGMENTS == 1000
+
+
+def test_the_client_fails_the_cohort_at_once_without_retrying(start_emulator):
+    emu = start_emulator("--max-segments", "1")
+    with make_client(emu, max_retries=5) as client:
+        assert send_all(client, "first", ["a"]) == ["a"]
+        with pytest.raises(CohortApiError) as info:
+            send_all(client, "second", ["a"])
+        assert client.stats.throttled == 0 and client.stats.retries == 0
+    text = str(info.value)
+    assert info.value.status == 429 and SEGMENT_CAP_MESSAGE in text and "1,000" in text
+    assert "retrying will not help" in text and info.value.maybe_applied is False
+    assert [r["cohort_id"] for r in emu.requests()] == ["first", "second"]
+
+
+def test_apply_converges_the_others_and_fails_the_one_past_the_cap(tmp_path, start_emulator, monkeypatch, capsys):
+    emu = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--max-segments", "2")
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    repo = Repo(tmp_path, base_url=emu.url)
+    for cid in ("a", "b", "c"):
+        repo.file_cohort(cid, ["u1", "u2"])
+    code, out, _ = repo.run(capsys, "apply", "--format", "json")
+    results = {c["id"]: c for c in json.loads(out)["cohorts"]}
+    assert code == 1
+    assert (results["a"]["result"], results["b"]["result"], results["c"]["result"]) == ("converged", "converged", "failed")
+    assert SEGMENT_CAP_MESSAGE in results["c"]["error"]
+    assert sum(1 for r in emu.requests() if r["cohort_id"] == "c") == 1
+    code, out, _ = repo.run(capsys, "plan", "--format", "json")
+    plan = {c["id"]: c for c in json.loads(out)["cohorts"]}
+    assert plan["c"]["adds"] == 2 and plan["c"].get("unconfirmed", 0) == 0  # a refusal: nothing left uncertain
+
+
+@pytest.mark.parametrize("count, warned", [(999, False), (1000, False), (1001, True)])
+def test_the_count_check_takes_a_workspaces_cohort_ids(count, warned):
+    ids = [f"c{i}" for i in range(count)]
+    assert (segment_cap_problem(ids) is not None) == warned
+    assert (segment_cap_problem(ids + ids[:5]) is not None) == warned  # an id counts once
+    assert bool(cap_warnings(ids, "workspace live")) == warned
+
+
+def test_validate_and_plan_warn_past_the_cap_and_still_pass(tmp_path, capsys):
+    repo = Repo(tmp_path)
+    (repo.cohorts / "uids").mkdir()
+    (repo.cohorts / "uids" / "one.txt").write_text("u1\n")
+    for i in range(MAX_ACTIVE_SEGMENTS + 1):
+        (repo.cohorts / f"c{i:04d}.yaml").write_text(f"id: c{i:04d}\nname: .C{i}\nsource: {{file: uids/one.txt}}\n")
+    code, out, err = repo.run(capsys, "validate")
+    assert code == 0 and "1001 cohort spec(s) valid" in out
+    assert "warning: 1,001 cohorts for one workspace" in err and "at most 1,000" in err
+    code, _, err = repo.run(capsys, "plan", "--cohort", "c0000")
+    assert code == 0 and "warning: 1,001 cohorts" in err
