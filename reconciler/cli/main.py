@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace(p)
     p.set_defaults(func="reconciler.cli.commands:history")
 
+    p = sub.add_parser("check-users", parents=[common],
+                       help="the share of each cohort's uids MoEngage does not know (read-only)")
+    p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
+    p.add_argument("--sample", type=int, default=100, metavar="N",
+                   help="uids per cohort: the first N after a shuffle seeded by --seed (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="the shuffle's seed: the same seed checks the same uids")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func="reconciler.cli.checkusers:run")
+
     p = sub.add_parser("run", parents=[common], help="the daemon: reconcile on file change, timer and trigger")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="json for log collectors")
     _workspace(p)
