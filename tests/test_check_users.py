@@ -209,5 +209,30 @@ def test_check_users_reports_a_broken_cohort_and_checks_the_others(checked_repo,
 
 def test_check_users_needs_credentials(tmp_path, capsys):
     repo = Repo(tmp_path)
+    repo.file_cohort("c", ["u1"])
     code, _, err = repo.run(capsys, "check-users")
     assert code == 1 and "MOENGAGE_WORKSPACE_ID" in err
+
+
+def test_check_users_asks_each_workspace_a_cohort_is_synced_to(tmp_path, start_emulator, users_file, capsys,
+                                                                 monkeypatch):
+    """The same sample, looked up in each workspace on that workspace's own budget: TEST and LIVE know other users."""
+    test = start_emulator("--workspace-id", "WS_TEST", "--api-key", "k-test")  # knows everyone
+    live = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--users", str(users_file))
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    monkeypatch.setenv("MOENGAGE_TESTING_WORKSPACE_ID", "WS_TEST")
+    monkeypatch.setenv("MOENGAGE_TESTING_API_KEY", "k-test")
+    repo = Repo(tmp_path / "repo", base_url=live.url, workspaces={"testing": {"base_url": test.url}})
+    repo.file_cohort("both", UIDS[:400], workspaces=["default", "testing"])
+    repo.file_cohort("only_test", UIDS[:10], workspaces=["testing"])
+    code, out, _ = repo.run(capsys, "check-users", "--sample", "40", "--format", "json")
+    assert code == 0
+    rows = {(c["workspace"], c["id"]): c for c in json.loads(out)["cohorts"]}
+    assert sorted(rows) == [("default", "both"), ("testing", "both"), ("testing", "only_test")]
+    assert rows[("testing", "both")]["not_found"] == 0 and rows[("default", "both")]["not_found"] > 0
+    assert len(test.requests()) == 3 and len(live.requests()) == 2  # 40 and 10 uids at 20 a lookup
+    code, out, _ = repo.run(capsys, "check-users", "--workspace", "testing", "--sample", "40")
+    assert code == 0 and "default" not in out.split("\n", 1)[1]
+    code, _, err = repo.run(capsys, "check-users", "--workspace", "nope")
+    assert code == 1 and "no workspace named nope" in err

@@ -56,6 +56,19 @@ def test_the_rule_comes_from_the_environment_too(repo, capsys, monkeypatch):
     assert code == 1 and "must not start with '.'" in err
 
 
+def test_each_workspace_has_its_own_rule(tmp_path, capsys):
+    """The same spec may suit one workspace's rule and not another's: the error names the workspace's key."""
+    repo = Repo(tmp_path, workspaces={"live": {"name_rule": NO_LEADING_PERIOD}})
+    repo.file_cohort("both", ["u1"], workspaces=["default", "live"])
+    repo.file_cohort("bare", ["u1"], workspaces=["live"])
+    (repo.cohorts / "bare.yaml").write_text((repo.cohorts / "bare.yaml").read_text().replace("name: .bare", "name: bare"))
+    code, _, err = repo.run(capsys, "validate")
+    assert code == 1 and "bare.yaml" not in err
+    assert "both.yaml:" in err and "'.both' must not start with '.'" in err
+    assert "workspaces.live.name_rule: no_leading_period" in err and "set workspaces.live.name_rule: leading_period" in err
+    assert "COHORTSYNC_NAME_RULE" not in err and "moengage.name_rule" not in err
+
+
 def test_an_unknown_rule_is_a_config_error(repo, capsys):
     use_rule(repo, "sometimes")
     code, _, err = repo.run(capsys, "validate")
@@ -121,3 +134,12 @@ def test_a_400_on_the_name_says_the_configured_rule_and_how_to_switch(start_emul
     text = str(info.value)
     assert info.value.status == 400 and f"moengage.name_rule: {configured}" in text
     assert f"set moengage.name_rule: {server}" in text and len(emu.requests()) == 1
+
+
+def test_a_named_workspaces_400_names_its_own_setting(start_emulator):
+    emu = start_emulator("--name-rule", NO_LEADING_PERIOD)
+    settings = MoEngageSettings(workspace_id=WORKSPACE, api_key=Secret(API_KEY), base_url=emu.url)
+    with MoEngageClient(settings, workspace="live") as client, pytest.raises(CohortApiError) as info:
+        send_all(client, "c1", ["a"], name=".Named")
+    text = str(info.value)
+    assert "set workspaces.live.name_rule: no_leading_period" in text and "COHORTSYNC_NAME_RULE" not in text

@@ -74,6 +74,27 @@ def test_the_count_check_takes_a_workspaces_cohort_ids(count, warned):
     assert bool(cap_warnings(ids, "workspace live")) == warned
 
 
+def test_the_cap_is_counted_per_workspace(tmp_path, capsys):
+    repo = Repo(tmp_path, workspaces={"live": {}})
+    (repo.cohorts / "uids").mkdir()
+    (repo.cohorts / "uids" / "one.txt").write_text("u1\n")
+    for i in range(MAX_ACTIVE_SEGMENTS + 1):  # 1,001 cohorts, split between the two workspaces
+        where = "[default]" if i % 2 else "[live]"
+        (repo.cohorts / f"c{i:04d}.yaml").write_text(
+            f"id: c{i:04d}\nname: .C{i}\nsource: {{file: uids/one.txt}}\nworkspaces: {where}\n")
+    code, _, err = repo.run(capsys, "validate")
+    assert code == 0 and "warning" not in err
+    (repo.cohorts / "c0000.yaml").write_text("id: c0000\nname: .C0\nsource: {file: uids/one.txt}\n"
+                                             "workspaces: [default, live]\n")
+    code, _, err = repo.run(capsys, "validate")
+    assert "warning" not in err  # 501 in each
+    for i in range(1, 501):  # every odd one goes to live too: 1,001 there
+        path = repo.cohorts / f"c{2 * i - 1:04d}.yaml"
+        path.write_text(path.read_text().replace("[default]", "[default, live]"))
+    code, _, err = repo.run(capsys, "validate")
+    assert code == 0 and "workspace live: warning: 1,001 cohorts" in err and "workspace default" not in err
+
+
 def test_validate_and_plan_warn_past_the_cap_and_still_pass(tmp_path, capsys):
     repo = Repo(tmp_path)
     (repo.cohorts / "uids").mkdir()

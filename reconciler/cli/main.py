@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=100, metavar="N",
                    help="uids per cohort: the first N after a shuffle seeded by --seed (default 100)")
     p.add_argument("--seed", type=int, default=0, help="the shuffle's seed: the same seed checks the same uids")
+    p.add_argument("--workspace", metavar="NAME", action="append", default=[],
+                   help="only this workspace (repeatable; default: every workspace each cohort is synced to)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="reconciler.cli.checkusers:run")
 

@@ -29,7 +29,7 @@ from reconciler.common.errors import (
 )
 from reconciler.common.waiting import pause
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
-from reconciler.settings.model import MoEngageSettings
+from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings
 from reconciler.specs.rules import DEFAULT_NAME_RULE, MAX_ACTIVE_SEGMENTS, how_to_switch
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ class MoEngageClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         stop: threading.Event | None = None,
+        workspace: str = DEFAULT_WORKSPACE,
     ) -> None:
-        self.settings = settings
+        self.settings, self.workspace = settings, workspace  # the workspace's name, for messages
         self._stop = stop
         self._sleep = sleep
         self.limiter = limiter or SlidingWindowLimiter(settings.rate_limit, stop=stop)
@@ -163,7 +164,7 @@ class MoEngageClient:
         self.stats.statuses[str(resp.status_code)] += 1
         self.stats.bytes_sent += len(batch.body)
         if resp.status_code != 200:
-            raise classify(resp, self.settings.name_rule)
+            raise classify(resp, self.settings.name_rule, self.workspace)
 
 
 def auth_headers(settings: MoEngageSettings) -> dict[str, str]:
@@ -187,7 +188,8 @@ def backoff(settings: MoEngageSettings, attempt: int, rng: random.Random) -> flo
     return rng.uniform(cap / 2, cap)
 
 
-def classify(resp: requests.Response, name_rule: str = DEFAULT_NAME_RULE) -> ApiError:
+def classify(resp: requests.Response, name_rule: str = DEFAULT_NAME_RULE,
+             workspace: str = DEFAULT_WORKSPACE) -> ApiError:
     """Turn a non-200 answer into the exception that tells the caller what to do.
 
     Two answers say more than MoEngage's message: a 429 for the segment cap is no rate limit (it
@@ -205,7 +207,7 @@ def classify(resp: requests.Response, name_rule: str = DEFAULT_NAME_RULE) -> Api
     if status == 429:
         return TemporaryApiError(message, delay=retry_after(resp.headers.get("Retry-After")), **kw)
     if status == 400 and "cohort_name" in f"{attribute} {message}":
-        return CohortApiError(f"{message}; {how_to_switch(name_rule)}", **kw)  # type: ignore[arg-type]
+        return CohortApiError(f"{message}; {how_to_switch(name_rule, workspace)}", **kw)  # type: ignore[arg-type]
     if status in (401, 403):
         return FatalApiError(message, **kw)  # type: ignore[arg-type]
     if status == 413:

@@ -82,7 +82,7 @@ class UserLookup:
                 raise TemporaryApiError(f"user lookup failed ({type(exc).__name__})") from exc
         self.requests += 1
         if resp.status_code != 200:
-            raise classify(resp, self.settings.name_rule)
+            raise classify(resp)
         try:
             return resp.json()
         except ValueError as exc:

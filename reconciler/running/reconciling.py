@@ -97,7 +97,7 @@ class Reconciler:
         with self._lock:
             if workspace not in self.clients:
                 require_credentials(self.settings, [workspace])
-                client = MoEngageClient(self.settings.account(workspace), stop=self.stop)
+                client = MoEngageClient(self.settings.account(workspace), stop=self.stop, workspace=workspace)
                 self.clients[workspace] = client
                 self._own.append(client)
             return self.clients[workspace]

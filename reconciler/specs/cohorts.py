@@ -16,8 +16,8 @@ from pathlib import Path
 from reconciler.common.documents import Document, Problem, parse_yaml, schema_problems
 from reconciler.common.errors import SpecError
 from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings, parse_duration
-from reconciler.specs.rules import DEFAULT_NAME_RULE, LEADING_PERIOD, NAME_RULE_KEY, has_parentheses, \
-    how_to_switch, period_problem, segment_cap_problem
+from reconciler.specs.rules import DEFAULT_NAME_RULE, LEADING_PERIOD, has_parentheses, how_to_switch, \
+    period_problem, segment_cap_problem
 
 SPEC_GLOBS = ("*.yaml", "*.yml")
 FILE_SUFFIXES = (".txt", ".csv", ".txt.gz", ".csv.gz")
@@ -99,17 +99,16 @@ class SpecWarning:
         return f"{self.file}: {self.field}: warning: {self.message}" if self.field else f"{self.file}: warning: {self.message}"
 
 
-def name_rule_errors(spec: CohortSpec, rule: str = DEFAULT_NAME_RULE, key: str = NAME_RULE_KEY,
-                     env: str | None = "COHORTSYNC_NAME_RULE") -> list[SpecError]:
-    """The cohort-name rule of one MoEngage account, on one spec (the schema already checked the characters).
-
-    `key` and `env` name the setting in the message (`moengage.name_rule`, or a workspace's)."""
+def name_rule_errors(spec: CohortSpec, rule: str = DEFAULT_NAME_RULE,
+                     workspace: str = DEFAULT_WORKSPACE) -> list[SpecError]:
+    """The cohort-name rule of one MoEngage workspace, on one spec (the schema already checked the characters);
+    the message names that workspace's setting."""
     problem = period_problem(spec.name, rule)
     if problem is None and rule == LEADING_PERIOD and spec.name == ".":
         problem = "is too short: put a character after the period"
     if problem is None:
         return []
-    return [SpecError(spec.file, "name", f"{spec.name!r} {problem}: {how_to_switch(rule, key, env)}")]
+    return [SpecError(spec.file, "name", f"{spec.name!r} {problem}: {how_to_switch(rule, workspace)}")]
 
 
 def name_rules(accounts: Mapping[str, MoEngageSettings]) -> SpecCheck:
@@ -118,9 +117,7 @@ def name_rules(accounts: Mapping[str, MoEngageSettings]) -> SpecCheck:
         errors: list[SpecError] = []
         for name in spec.workspaces:
             if name in accounts:  # an unknown workspace is an error of its own
-                key = NAME_RULE_KEY if name == DEFAULT_WORKSPACE else f"workspaces.{name}.name_rule"
-                env = "COHORTSYNC_NAME_RULE" if name == DEFAULT_WORKSPACE else None
-                errors += name_rule_errors(spec, accounts[name].name_rule, key, env)
+                errors += name_rule_errors(spec, accounts[name].name_rule, name)
         return errors
     return check
 

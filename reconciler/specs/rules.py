@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reconciler.settings.model import NAME_RULES
+from reconciler.settings.model import DEFAULT_WORKSPACE, NAME_RULES
 
 NAME_FORBIDDEN = '|*?\\:<>=$"'
 LEADING_PERIOD, NO_LEADING_PERIOD = NAME_RULES
 DEFAULT_NAME_RULE = LEADING_PERIOD
-NAME_RULE_KEY = "moengage.name_rule"  # where an operator switches it (COHORTSYNC_NAME_RULE)
 # A workspace holds at most this many active custom segments; one more is refused with a 429 that is
 # not a rate limit (MOENGAGE_API.md, "More facts"). Dashboard segments count too.
 MAX_ACTIVE_SEGMENTS = 1000
@@ -46,8 +45,16 @@ def cohort_name_problem(name: object, rule: str = DEFAULT_NAME_RULE) -> str | No
     return None
 
 
-def how_to_switch(rule: str, key: str = NAME_RULE_KEY, env: str | None = "COHORTSYNC_NAME_RULE") -> str:
-    """One sentence: the configured rule, and the setting that changes it (per workspace: pass its key)."""
+def name_rule_setting(workspace: str = DEFAULT_WORKSPACE) -> tuple[str, str | None]:
+    """Where a workspace's name rule is set: its config key, and its environment variable (the default's only)."""
+    if workspace == DEFAULT_WORKSPACE:
+        return "moengage.name_rule", "COHORTSYNC_NAME_RULE"
+    return f"workspaces.{workspace}.name_rule", None
+
+
+def how_to_switch(rule: str, workspace: str = DEFAULT_WORKSPACE) -> str:
+    """One sentence: the rule configured for the workspace, and the setting that changes it."""
+    key, env = name_rule_setting(workspace)
     other = NO_LEADING_PERIOD if rule == LEADING_PERIOD else LEADING_PERIOD
     wants = "without" if other == NO_LEADING_PERIOD else "with"
     variable = f" (or {env}={other})" if env else ""
