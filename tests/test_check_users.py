@@ -236,3 +236,11 @@ def test_check_users_asks_each_workspace_a_cohort_is_synced_to(tmp_path, start_e
     assert code == 0 and "default" not in out.split("\n", 1)[1]
     code, _, err = repo.run(capsys, "check-users", "--workspace", "nope")
     assert code == 1 and "no workspace named nope" in err
+
+
+def test_the_emulators_lookup_windows_are_per_workspace(start_emulator):
+    emu = start_emulator("--lookup-rate-limit", "1/60s")
+    assert lookup(emu, ask(["a"]), user="WS_A").status_code == 200
+    assert lookup(emu, ask(["a"]), user="WS_B").status_code == 200
+    assert_error_shape(lookup(emu, ask(["a"]), user="WS_A"), 429)
+    assert {r["workspace"] for r in emu.requests()} == {"WS_A", "WS_B"}

@@ -106,3 +106,11 @@ def test_validate_and_plan_warn_past_the_cap_and_still_pass(tmp_path, capsys):
     assert "warning: 1,001 cohorts for one workspace" in err and "at most 1,000" in err
     code, _, err = repo.run(capsys, "plan", "--cohort", "c0000")
     assert code == 0 and "warning: 1,001 cohorts" in err
+
+
+def test_the_emulator_counts_the_cap_per_workspace(start_emulator):
+    emu = start_emulator("--max-segments", "1", "--workspace-id", "WS_A", "--api-key", "ka",
+                         "--workspace-id", "WS_B", "--api-key", "kb")
+    assert post(emu, body(cohort_id="a"), user="WS_A", key="ka").status_code == 200
+    assert post(emu, body(cohort_id="b"), user="WS_B", key="kb").status_code == 200  # another workspace's first
+    assert_error_shape(post(emu, body(cohort_id="c"), user="WS_A", key="ka"), 429, "parameters.cohort_id")
