@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import os
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.common.statuses import Status
 from reconciler.notify.events import Event, events_of, wants
@@ -17,6 +21,7 @@ from reconciler.running.applying import CohortOutcome
 from reconciler.running.reconciling import RunReport
 from reconciler.settings.model import AlertingSettings, NotifyTarget, Secret
 from reconciler.state.store import CohortRecord
+from tests.daemon_process import DaemonProcess, eventually
 from tests.helpers import Repo
 from tests.receiver import Receiver
 
@@ -174,3 +179,53 @@ def black_hole() -> Iterator[int]:
     sock.listen(16)
     yield sock.getsockname()[1]
     sock.close()
+
+
+def samples(daemon: DaemonProcess, name: str) -> dict[tuple, float]:
+    text = daemon.request("GET", "/metrics")[1].decode()
+    return {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == name}
+
+
+def test_a_receiver_that_is_down_never_delays_the_daemon_and_shows_in_metrics(tmp_path, emulator, monkeypatch,
+                                                                              receiver, black_hole):
+    """Targets: the loopback receiver, and a port that never answers (timeout 1 s, one retry)."""
+    repo = alerting_repo(tmp_path, emulator, monkeypatch, receiver)
+    config = yaml.safe_load(repo.config.read_text())
+    config["notify"][1]["url"] = f"http://127.0.0.1:{black_hole}/hook"
+    config["alerting"] = {"timeout": "1s", "retries": 1}
+    repo.config.write_text(yaml.safe_dump(config))
+    repo.file_cohort("beta", USERS[:10])
+    emulator.configure(suspended=True)
+    daemon = DaemonProcess(repo.config, tmp_path / "daemon.log", env=dict(os.environ))
+    try:
+        eventually(lambda: samples(daemon, "cohortsync_notifications_total").get(
+            (("result", "failed"), ("target", "notify[1] http"))) == 1, timeout=20)
+        assert samples(daemon, "cohortsync_notifications_total")[(("result", "sent"), ("target", "notify[0] json"))] == 1
+        durations = samples(daemon, "cohortsync_reconcile_duration_seconds_sum")
+        assert 0 < durations[()] < 1.0  # the reconcile never waited for the dead receiver (timeout: 1 s)
+        emulator.configure(suspended=False)
+        daemon.trigger()
+        eventually(lambda: [b["title"] for b in receiver.bodies("/apprise")][-1:] == ["cohortsync: recovered: beta"])
+    finally:
+        assert daemon.stop() == 0
+    assert receiver.bodies("/apprise")[-1]["title"] == "cohortsync: daemon_stopped"
+    logs = daemon.logs()
+    assert "notify[1] http" in logs and str(black_hole) not in logs and HOOK_SECRET not in logs
+
+
+def test_the_daemon_resyncs_on_schedule(tmp_path, emulator, monkeypatch, capsys):
+    from tests.conftest import API_KEY, WORKSPACE
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    repo = Repo(tmp_path, base_url=emulator.url)
+    repo.file_cohort("beta", USERS[:10], resync="1s")
+    daemon = DaemonProcess(repo.config, tmp_path / "daemon.log", env=dict(os.environ))
+    try:
+        eventually(lambda: emulator.members("beta") == USERS[:10])
+        emulator.edit("beta", remove=USERS[:5])  # by hand: only a resync sees it
+        eventually(lambda: emulator.members("beta") == USERS[:10], timeout=20)
+    finally:
+        assert daemon.stop() == 0
+    code, out, _ = repo.run(capsys, "history", "--cohort", "beta", "--format", "json")
+    assert code == 0 and "resync" in {r["trigger"] for r in json.loads(out)["runs"]}

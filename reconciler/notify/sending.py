@@ -1,8 +1,8 @@
 """Sending alerts from a background worker, so that no target can slow or fail a reconcile.
 
-`emit` only filters, deduplicates and puts the event on a bounded queue (full: the event is
-dropped and counted); one worker thread delivers each to its target with a per-request timeout,
-retried with backoff. A target's URL holds its tokens: logs and errors name a target by its
+`emit` only filters, deduplicates and puts the event on its target's bounded queue (full: the
+event is dropped and counted); a worker thread per target delivers them with a per-request
+timeout, retried with backoff, so a dead target delays neither a reconcile nor another target. A target's URL holds its tokens: logs and errors name a target by its
 index and scheme only (`notify[1] slack`), never by its URL.
 """
 from __future__ import annotations
@@ -78,18 +78,19 @@ def _apprise(url: str, event: Event, timeout: float) -> None:
 
 
 class Notifier:
-    """Filters, deduplicates and queues events; a worker thread delivers them. Built per process."""
+    """Filters, deduplicates and queues events; one worker thread per target delivers them, so a
+    dead target delays no other. Built per process."""
 
     def __init__(self, targets: tuple[NotifyTarget, ...] | None, settings: AlertingSettings, *,
                  send: Callable[[NotifyTarget, Event, float], None] = deliver,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.targets, self.settings, self._send, self._clock = tuple(targets or ()), settings, send, clock
         self.counts: Counter[tuple[str, str]] = Counter()  # (target label, sent|failed|retried|dropped|deduplicated)
-        self._queue: queue.Queue[tuple[int, Event] | None] = queue.Queue(QUEUE_SIZE)
+        self._queues: list[queue.Queue[Event | None]] = [queue.Queue(QUEUE_SIZE) for _ in self.targets]
+        self._workers: dict[int, threading.Thread] = {}
         self._last: dict[tuple[int, str, str | None], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
 
     def observe(self, report: RunReport) -> None:
         """The alerts of a run, queued; returns at once."""
@@ -114,11 +115,12 @@ class Notifier:
 
     def _put(self, index: int, event: Event) -> None:
         with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="notify", daemon=True)
-                self._worker.start()
+            if index not in self._workers:
+                self._workers[index] = threading.Thread(target=self._work, args=(index,), name=f"notify-{index}",
+                                                        daemon=True)
+                self._workers[index].start()
         try:
-            self._queue.put_nowait((index, event))
+            self._queues[index].put_nowait(event)
         except queue.Full:
             self._count(index, "dropped")
             log.error("%s: %s event for %s dropped: %d events already wait", label(index, self.targets[index]),
@@ -126,24 +128,23 @@ class Notifier:
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued for at most `timeout` seconds, then stop (the rest is dropped, logged)."""
-        if self._worker is None:
-            return
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._worker.join(timeout)
+        deadline = time.monotonic() + timeout
+        for index in self._workers:
+            try:
+                self._queues[index].put(None, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                pass
+        for worker in self._workers.values():
+            worker.join(max(0.0, deadline - time.monotonic()))
         self._stop.set()
-        self._worker.join(1.0)
-        left = self._queue.qsize()
+        left = sum(q.qsize() for q in self._queues)
         if left:
             log.warning("%d alert(s) not delivered before exit", left)
 
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._stop.is_set():
-                continue
-            self._deliver(*item)
+    def _work(self, index: int) -> None:
+        while (event := self._queues[index].get()) is not None:
+            if not self._stop.is_set():
+                self._deliver(index, event)
 
     def _deliver(self, index: int, event: Event) -> None:
         """One event to one target: tried 1 + retries times, BACKOFF doubling between tries."""
