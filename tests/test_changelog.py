@@ -5,7 +5,7 @@ import json
 import time
 
 from reconciler.state.store import ChangeNote, StateStore
-from tests.helpers import Repo
+from tests.helpers import Repo, synced
 
 USERS = [f"u{i:03d}" for i in range(100)]
 
@@ -38,6 +38,19 @@ def test_members_follows_a_uid_through_an_add_a_remove_and_a_resync(repo: Repo, 
     assert kept == [("beta", "entered"), ("beta", "re-added by a resync")]
     code, out, _ = repo.run(capsys, "members", "u000")
     assert code == 0 and "left" in out and "member now of: vip" in out
+    state = StateStore.open(f"sqlite:///{repo.root / 'state.db'}")
+    for cohort in ("beta", "vip"):
+        assert replayed(state, cohort) == set(synced(state, cohort))  # the changelog agrees with the members
+    state.close()
+
+
+def replayed(state: StateStore, cohort: str) -> set[str]:
+    """The members as the changelog's member-writing entries leave them."""
+    members: set[str] = set()
+    for entry in state.changelog([cohort]):
+        if entry.kind.endswith("change"):
+            (members.update if entry.action == "add_members" else members.difference_update)(entry.uids)
+    return members
 
 
 def test_history_members_lists_the_uids_of_each_run(repo: Repo, capsys):

@@ -163,7 +163,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             edited = self.server.emulator.store.edit(cohort_id, action, uids, workspace)
         except ValueError as exc:  # the cohort is a segment in several workspaces: name one
-            self._json(400, {"error": str(exc)})
+            self._json(409, {"error": str(exc)})
             return
         if not edited:
             self._json(404, {"error": "no such cohort"})
