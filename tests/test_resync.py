@@ -1,12 +1,17 @@
 """Resync: the pure four-way split (table-driven), then against the emulator: segments edited by hand come back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from reconciler.daemon.upkeep import Upkeep
 from reconciler.planning.diffs import Tally
 from reconciler.planning.resync import resync_diff
+from reconciler.settings.model import Settings
+from reconciler.specs.cohorts import CohortSpec, SourceSpec, SpecSet
+from reconciler.state.store import RunRecord, StateStore
 from tests.helpers import Repo
 
 
@@ -51,3 +56,21 @@ def test_hand_deleted_members_come_back_and_a_stray_that_left_is_removed(repo: R
     assert emulator.members("beta") == sorted(users[10:60] + ["stranger"])  # a uid it never sent stays
     assert repo.run(capsys, "plan", "--detailed-exitcode")[0] == 0
 
+
+
+def test_resyncs_fall_due_from_the_last_resync_run_or_the_start(tmp_path):
+    state = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    specs = SpecSet({"a": CohortSpec("a", ".a", SourceSpec("file"), "a.yaml", resync=100),
+                     "b": CohortSpec("b", ".b", SourceSpec("file"), "b.yaml")}, [], {})
+    settings = Settings()
+    upkeep = Upkeep(state, started=1000)
+    assert upkeep.resyncs_due(settings, specs, 1050) == set()
+    assert upkeep.resyncs_due(settings, specs, 1100) == {"a"}
+    assert upkeep.resyncs_due(settings, specs, 1150) == set()  # asked for at 1100: no run yet, no repeat
+    state.record_run(RunRecord("r1", "a", "converged", 1190, "resync"))
+    assert upkeep.resyncs_due(settings, specs, 1250) == set()
+    assert upkeep.resyncs_due(settings, specs, 1291) == {"a"}
+    every = dataclasses.replace(settings, daemon=dataclasses.replace(settings.daemon, resync=500.0))
+    assert upkeep.resyncs_due(every, specs, 1350) == set()
+    assert upkeep.resyncs_due(every, specs, 1500) == {"a", "b"}  # b by the config's default, a by its own
+    state.close()

@@ -23,6 +23,8 @@ class Upkeep:
     def __init__(self, state: StateStore, started: float | None = None) -> None:
         self.state = state
         self.started = time.time() if started is None else started
+        self._asked: dict[str, float] = {}  # when this daemon last found each cohort due: a resync that
+        # sent nothing (an empty or broken cohort) leaves no run, and must not come back every few seconds
 
     def resyncs_due(self, settings: Settings, specs: SpecSet | None, now: float) -> set[str]:
         """Cohorts whose resync interval has passed since their last resync."""
@@ -33,7 +35,10 @@ class Upkeep:
         if not any(intervals.values()):
             return set()
         last = self.state.last_resyncs()
-        return {cid for cid, every in intervals.items() if every and now - last.get(cid, self.started) >= every}
+        due = {cid for cid, every in intervals.items()
+               if every and now - max(last.get(cid, 0.0), self._asked.get(cid, self.started)) >= every}
+        self._asked.update(dict.fromkeys(due, now))
+        return due
 
     def prune_step(self, settings: Settings, now: float) -> int:
         """Delete one step of changelog entries past the retention; how many went."""
