@@ -19,6 +19,7 @@ from reconciler.notify.sending import DeliveryFailed, Notifier, label, signature
 from reconciler.planning.plans import CohortPlan
 from reconciler.running.applying import CohortOutcome
 from reconciler.running.reconciling import RunReport
+from reconciler.settings.config import load_settings
 from reconciler.settings.model import AlertingSettings, NotifyTarget, Secret
 from reconciler.state.store import CohortRecord
 from tests.daemon_process import DaemonProcess, eventually
@@ -148,6 +149,8 @@ def test_failing_three_times_then_recovering_sends_two_events_to_each_target(tmp
     assert recovered["previous"] == "failed" and recovered["counts"]["sent_adds"] == 10
     for text in outputs + [out + err]:
         assert HOOK_SECRET not in text and str(receiver.port) not in text
+    settings = load_settings(str(repo.config))
+    assert HOOK_SECRET not in repr(settings) and str(receiver.port) not in repr(settings)
 
 
 def test_a_guard_blocked_plan_sends_blocked(tmp_path, emulator, monkeypatch, receiver, capsys):

@@ -44,15 +44,17 @@ def test_resync_splits_every_uid_into_one_class(desired, synced, leavers, adds, 
 
 def test_hand_deleted_members_come_back_and_a_stray_that_left_is_removed(repo: Repo, emulator, capsys):
     users = [f"u{i:03d}" for i in range(100)]
-    repo.file_cohort("beta", users[:60])
+    repo.file_cohort("beta", users[:60], guards={"max_removals": 5})
     assert repo.run(capsys, "apply")[0] == 0
     repo.uids("beta", users[10:60])  # u000..u009 leave
-    assert repo.run(capsys, "apply")[0] == 0
+    assert repo.run(capsys, "apply", "--force")[0] == 0
     emulator.edit("beta", remove=users[20:30], add=["u005", "stranger"])  # the dashboard: drift both ways
-    code, out, _ = repo.run(capsys, "plan", "--resync", "--format", "json")
+    code, out, _ = repo.run(capsys, "plan", "--resync", "--format", "json", "--force")
     plan = json.loads(out)["cohorts"][0]
     assert code == 0 and plan["resync"] and (plan["adds"], plan["removes"]) == (50, 10)  # every leaver, u005 too
-    assert repo.run(capsys, "apply", "--resync")[0] == 0
+    code, out, _ = repo.run(capsys, "apply", "--resync")
+    assert code == 1 and "blocked" in out and "max_removals" in out  # guards apply to a resync too
+    assert repo.run(capsys, "apply", "--resync", "--force")[0] == 0
     assert emulator.members("beta") == sorted(users[10:60] + ["stranger"])  # a uid it never sent stays
     assert repo.run(capsys, "plan", "--detailed-exitcode")[0] == 0
 

@@ -88,6 +88,9 @@ def plan(args: argparse.Namespace) -> int:
                         prune=prune, workspaces=args.workspace)
         print(f"Saved the plan to {args.out}; `cohortsync apply --plan {args.out}` applies exactly it.",
               file=sys.stderr)
+    if getattr(args, "resync", False) and args.format == "text":
+        print("Resync: every desired uid is sent again; in mirror cohorts, every uid the changelog says left "
+              "and that is not desired now is removed.\n")
     print({"text": render.plan_text, "json": render.plan_json, "markdown": render.plan_markdown}[args.format](plans))
     if any(p.status in (ERROR, BLOCKED) for p in plans):
         return EXIT_FAILED
