@@ -91,3 +91,25 @@ def test_the_changelog_is_pruned_in_small_steps(state: StateStore):
     assert state.prune_changelog(time.time() + 1, limit=2) == 2
     assert state.prune_changelog(time.time() - 3600, limit=2) == 0  # nothing older than an hour
     assert len(list(state.changelog())) == 1
+
+
+def test_each_workspace_has_its_own_changelog_and_resync(tmp_path, start_emulator, monkeypatch, capsys):
+    from tests.conftest import API_KEY, WORKSPACE
+    live_ws, live_key = "WS_LIVE_5678", "live-key-DO-NOT-LOG"
+    for name, value in (("TEST_WS", WORKSPACE), ("TEST_KEY", API_KEY), ("MOENGAGE_LIVE_WORKSPACE_ID", live_ws),
+                        ("MOENGAGE_LIVE_API_KEY", live_key)):
+        monkeypatch.setenv(name, value)
+    emu = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--workspace-id", live_ws,
+                         "--api-key", live_key)
+    repo = Repo(tmp_path, base_url=emu.url, workspaces={"live": {"base_url": emu.url}})
+    repo.file_cohort("both", USERS[:5], workspaces=["default", "live"])
+    assert repo.run(capsys, "apply")[0] == 0
+    repo.uids("both", USERS[1:5])
+    assert repo.run(capsys, "apply")[0] == 0
+    doc = members_json(repo, capsys, "u000", "--cohort", "both")
+    assert sorted((c["workspace"], c["event"]) for c in doc["changes"]) == [
+        ("default", "entered"), ("default", "left"), ("live", "entered"), ("live", "left")]
+    assert {c["cohort"] for c in doc["changes"]} == {"both"}
+    emu.edit("both", add=["u000"], workspace=live_ws)  # drift in one workspace only
+    assert repo.run(capsys, "apply", "--resync", "--workspace", "live")[0] == 0
+    assert emu.members("both", live_ws) == emu.members("both", WORKSPACE) == USERS[1:5]

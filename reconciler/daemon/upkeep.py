@@ -13,7 +13,7 @@ import time
 
 from reconciler.settings.model import Settings
 from reconciler.specs.cohorts import SpecSet
-from reconciler.state.store import StateStore
+from reconciler.state.store import StateStore, split_key
 
 log = logging.getLogger(__name__)
 PRUNE_STEP = 500  # changelog entries deleted per transaction
@@ -34,7 +34,10 @@ class Upkeep:
                      if not spec.suspended}
         if not any(intervals.values()):
             return set()
-        last = self.state.last_resyncs()
+        last: dict[str, float] = {}
+        for key, at in self.state.last_resyncs().items():  # by state key: a cohort in several workspaces has several
+            cohort = split_key(key)[1]
+            last[cohort] = max(at, last.get(cohort, 0.0))
         due = {cid for cid, every in intervals.items()
                if every and now - max(last.get(cid, 0.0), self._asked.get(cid, self.started)) >= every}
         self._asked.update(dict.fromkeys(due, now))
