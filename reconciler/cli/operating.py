@@ -16,6 +16,7 @@ from reconciler.common.errors import CohortSyncError
 from reconciler.notify.events import sample_event
 from reconciler.notify.sending import DeliveryFailed, deliver, label
 from reconciler.settings.config import load_settings
+from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.state.checking import check_state
 from reconciler.state.copying import copy_state
 from reconciler.state.store import ChangeEntry, StateStore, make_engine, split_key
@@ -87,7 +88,8 @@ def members(args: argparse.Namespace) -> int:
                                                      if any(now.values()) else ""))
         return EXIT_OK
     for r in rows:
-        print(f"{r['at']}  {r['cohort']:<24}  {r['event']:<40}  run {r['run_id'] or '-'}  spec {(r['spec_digest'] or '-')[:12]}")
+        where = r["cohort"] if r["workspace"] == DEFAULT_WORKSPACE else f"{r['workspace']}:{r['cohort']}"
+        print(f"{r['at']}  {where:<24}  {r['event']:<40}  run {r['run_id'] or '-'}  spec {(r['spec_digest'] or '-')[:12]}")
     print("member now of: " + (", ".join(c for c in now if now[c]) or "none"))
     return EXIT_OK
 
