@@ -127,7 +127,8 @@ CONTRACT = {
 # a value other than the default, as the environment would give it, for each kind of key
 SAMPLES = {model.TEXT: "other", model.DC: "02", model.OPTIONAL_TEXT: "http://127.0.0.1:9", model.SECRET: "s3cr3t",
            model.FLAG: "true", model.COUNT: "4096", model.DURATION: "7s", model.RATE: "7/7s", model.PATH: "elsewhere",
-           model.URL: "sqlite:///elsewhere.db", model.NAME_RULE: "no_leading_period"}
+           model.URL: "sqlite:///elsewhere.db", model.NAME_RULE: "no_leading_period",
+           model.TARGETS: '[{"url": "json://127.0.0.1:9/x", "events": ["failed"]}]'}
 
 
 def test_every_name_of_the_contract_is_kept_and_no_variable_serves_two_keys():

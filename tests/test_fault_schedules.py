@@ -94,7 +94,7 @@ class FaultSchedules(RuleBasedStateMachine):
     def _write(self, cid: str) -> None:
         (self.root / "cohorts" / "uids" / f"{cid}.txt").write_text("".join(u + "\n" for u in sorted(self.spec[cid])))
 
-    def _apply(self, fault: str | None = None, at: int = 1) -> bool:
+    def _apply(self, fault: str | None = None, at: int = 1, resync: bool = False) -> bool:
         settings_ = load_settings(str(self.root / "cohortsync.yaml"))
         settings_ = dataclasses.replace(settings_, cohorts_dir=self.root / "cohorts", moengage=dataclasses.replace(
             settings_.moengage, backoff_base=0.001, backoff_max=0.002, max_payload_bytes=PAYLOAD))
@@ -102,7 +102,7 @@ class FaultSchedules(RuleBasedStateMachine):
         client = MoEngageClient(settings_.moengage, session=FaultySession(fault, at))
         reconciler = Reconciler(settings_, state, client)
         try:
-            return reconciler.apply(reconciler.load(), force=True).ok
+            return reconciler.apply(reconciler.load(), force=True, resync=resync).ok
         except Killed:
             return False
         finally:
@@ -131,6 +131,33 @@ class FaultSchedules(RuleBasedStateMachine):
     def apply(self) -> None:
         assert self._apply(), "a fault-free apply must converge every cohort"
         self.converged = True
+
+    @rule(gone=st.sets(st.sampled_from(UNIVERSE), max_size=5), back=st.sets(st.sampled_from(UNIVERSE), max_size=5))
+    def drift_then_resync(self, gone: set[str], back: set[str]) -> None:
+        """Someone edits the mirror segment by hand (deletes members, puts back uids that left); a
+        fault-free resync repairs it."""
+        state = StateStore.open(self.state_url)
+        try:
+            left = {u for entry in state.changelog(["m"], action="remove_members") for u in entry.uids}
+        finally:
+            state.close()
+        self.server.emulator.store.edit("m", "remove_members", sorted(gone))
+        self.server.emulator.store.edit("m", "add_members", sorted(back & left))
+        assert self._apply(resync=True), "a fault-free resync must converge every cohort"
+        self.converged = True
+
+    @invariant()
+    def the_changelog_agrees_with_the_members(self) -> None:
+        state = StateStore.open(self.state_url)
+        try:
+            for cid in COHORTS:
+                members: set[str] = set()
+                for entry in state.changelog([cid]):
+                    if entry.kind.endswith("change"):
+                        (members.update if entry.action == "add_members" else members.difference_update)(entry.uids)
+                assert members == {u for chunk in state.synced_chunks(cid) for u in chunk}, cid
+        finally:
+            state.close()
 
     @precondition(lambda self: self.converged)
     @invariant()

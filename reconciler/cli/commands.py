@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from reconciler.cli.operating import history_members
+from reconciler.notify.sending import Notifier
 from reconciler.planning import planfiles
 from reconciler.running import render
 from reconciler.settings.config import load_settings, require_credentials
@@ -78,6 +80,8 @@ def _check_selection(specs: SpecSet, reconciler: Reconciler, only: list[str]) ->
 
 def plan(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.out and getattr(args, "resync", False):
+        raise CohortSyncError("a resync is not saved as a plan: run `apply --resync` after reviewing `plan --resync`")
     with reconciler_for(settings, with_client=False) as reconciler:
         specs = reconciler.load()
         _check_selection(specs, reconciler, args.cohort)
@@ -85,13 +89,16 @@ def plan(args: argparse.Namespace) -> int:
         reconciler.planner.digest_desired = bool(args.out)
         state_version = reconciler.state.state_version()
         plans = reconciler.plan(specs, args.cohort, force=args.force, prune=args.prune or None,
-                                workspaces=args.workspace)
+                                workspaces=args.workspace, resync=getattr(args, "resync", False))
     if args.out:
         prune = args.prune or settings.prune
         planfiles.write(Path(args.out), plans, state_version=state_version, cohorts=args.cohort, force=args.force,
                         prune=prune, workspaces=args.workspace)
         print(f"Saved the plan to {args.out}; `cohortsync apply --plan {args.out}` applies exactly it.",
               file=sys.stderr)
+    if getattr(args, "resync", False) and args.format == "text":
+        print("Resync: every desired uid is sent again; in mirror cohorts, every uid the changelog says left "
+              "and that is not desired now is removed.\n")
     print({"text": render.plan_text, "json": render.plan_json, "markdown": render.plan_markdown}[args.format](plans))
     if any(p.status in (ERROR, BLOCKED) for p in plans):
         return EXIT_FAILED
@@ -105,6 +112,8 @@ def apply(args: argparse.Namespace) -> int:
     if args.plan and (args.cohort or args.force or args.prune or args.workspace):
         raise CohortSyncError("--plan applies the saved plan with the options it was made with: "
                               "drop --cohort, --workspace, --force and --prune")
+    if args.plan and getattr(args, "resync", False):
+        raise CohortSyncError("a resync is not saved as a plan: drop --plan, or --resync")
     progress = for_terminal(args.quiet or args.format == "json")
     with reconciler_for(settings, with_client=not args.dry_run, progress=progress) as reconciler:
         specs = reconciler.load()
@@ -116,7 +125,10 @@ def apply(args: argparse.Namespace) -> int:
                 report = _apply_saved(reconciler, specs, Path(args.plan), args.dry_run)
             else:
                 report = reconciler.apply(specs, args.cohort, force=args.force, prune=args.prune or None,
-                                          dry_run=args.dry_run, workspaces=args.workspace)
+                                          dry_run=args.dry_run, workspaces=args.workspace,
+                                          resync=getattr(args, "resync", False),
+                                          trigger="resync" if getattr(args, "resync", False) else "cli")
+    alert(settings, report)
     print(render.report_json(report) if args.format == "json" else render.report_text(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -169,7 +181,17 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def alert(settings: Settings, report: RunReport) -> None:
+    """Send the run's alerts, waiting at most one request timeout (and a second) for them."""
+    if settings.notify:
+        notifier = Notifier(settings.notify, settings.alerting)
+        notifier.observe(report)
+        notifier.close(timeout=settings.alerting.timeout + 1)
+
+
 def history(args: argparse.Namespace) -> int:
+    if getattr(args, "members", False):
+        return history_members(args)
     settings = load_settings(args.config)
     state = StateStore.open(settings.state_url)
     try:

@@ -19,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="operator config (default: ./cohortsync.yaml if present)")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    # the same options after an action (`state copy --config X`), with no default: a default there
+    # would undo one given before the action (`state --config X copy`)
+    nested = argparse.ArgumentParser(add_help=False)
+    nested.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="operator config")
+    nested.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
     parser = argparse.ArgumentParser(prog="cohortsync", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"cohortsync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -31,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 when something does")
     p.add_argument("--out", metavar="FILE", help="save the plan, for `apply --plan FILE`")
+    _resync(p)
     p.set_defaults(func="reconciler.cli.commands:plan")
 
     p = sub.add_parser("apply", parents=[common], help="reconcile now")
@@ -39,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan; refused once anything moved on")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    _resync(p)
     p.set_defaults(func="reconciler.cli.commands:apply")
 
     p = sub.add_parser("status", parents=[common], help="per cohort: synced members, last run, last error")
@@ -51,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, metavar="N")
     p.add_argument("--format", choices=("text", "json"), default="text")
     _workspace(p)
+    p.add_argument("--members", action="store_true", help="the uids each run added and removed (the changelog)")
+    p.add_argument("--run", metavar="RUN_ID", help="with --members: only this run")
     p.set_defaults(func="reconciler.cli.commands:history")
 
     p = sub.add_parser("check-users", parents=[common],
@@ -63,6 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this workspace (repeatable; default: every workspace each cohort is synced to)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="reconciler.cli.checkusers:run")
+
+    p = sub.add_parser("members", parents=[common], help="when a uid entered and left each cohort (the changelog)")
+    p.add_argument("uid")
+    p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func="reconciler.cli.operating:members")
+
+    p = sub.add_parser("state", parents=[common], help="copy the state to another database, or check it")
+    state = p.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    q = state.add_parser("copy", parents=[nested], help="copy every table to another database and verify it")
+    q.add_argument("--to", required=True, metavar="URL", help="the target database (a SQLAlchemy URL)")
+    q.add_argument("--force", action="store_true", help="replace what the target holds")
+    q.set_defaults(func="reconciler.cli.operating:state_copy")
+    q = state.add_parser("check", parents=[nested], help="verify the state's invariants")
+    q.set_defaults(func="reconciler.cli.operating:state_check")
+
+    p = sub.add_parser("notify", parents=[common], help="alerts: send a test event to the notify targets")
+    notify = p.add_subparsers(dest="notify_command", required=True, metavar="ACTION")
+    q = notify.add_parser("test", parents=[nested], help="send a test event now")
+    q.add_argument("--target", type=int, metavar="N", help="only target N (from 0, in config order)")
+    q.set_defaults(func="reconciler.cli.operating:notify_test")
 
     p = sub.add_parser("run", parents=[common], help="the daemon: reconcile on file change, timer and trigger")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="json for log collectors")
@@ -102,6 +132,11 @@ def _selection(p: argparse.ArgumentParser) -> None:
 def _workspace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", metavar="NAME", action="append", default=[],
                    help="only this MoEngage workspace (repeatable; `default` is the moengage: block)")
+
+
+def _resync(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resync", action="store_true",
+                   help="re-send every desired member, and remove every uid the changelog says left")
 
 
 def _command(target: str) -> Callable[[argparse.Namespace], int]:

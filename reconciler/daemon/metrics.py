@@ -29,6 +29,10 @@ class Metrics:
                                   ["cohort"], registry=r)
         self.triggers = Counter("cohortsync_triggers", "Reconciles asked for, by source", ["source"], registry=r)
         self.up = Gauge("cohortsync_ready", "1 when specs are loaded and the state is reachable", registry=r)
+        self.notifications = Counter("cohortsync_notifications", "Alerts per notify target (by index and scheme) "
+                                     "and result: sent, failed (after retries), retried, dropped, deduplicated",
+                                     ["target", "result"], registry=r)
+        self._notified: dict[tuple[str, str], int] = {}
         self._seen: dict[str, ClientStats] = {}  # per workspace: each has a client of its own
         self._rate_waits_seen: dict[str, int] = {}
 
@@ -62,9 +66,16 @@ class Metrics:
                                             throttled=stats.throttled)
         self._rate_waits_seen[workspace] = rate_waits
 
+    def observe_notifier(self, counts: dict[tuple[str, str], int]) -> None:
+        """Fold the notifier's counts in, by difference since the last look."""
+        for key, n in counts.items():
+            if n > self._notified.get(key, 0):
+                self.notifications.labels(*key).inc(n - self._notified.get(key, 0))
+        self._notified = {**self._notified, **counts}
+
     def forget_client(self) -> None:
-        """New clients (after SIGHUP) start their counters at zero."""
-        self._seen, self._rate_waits_seen = {}, {}
+        """New clients and a new notifier (after SIGHUP) start their counters at zero."""
+        self._seen, self._rate_waits_seen, self._notified = {}, {}, {}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,9 +21,12 @@ from reconciler.daemon.http import DaemonAPI, DaemonServer
 from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
 from reconciler.daemon.overview import Live, Verdict, cohort_document, status_document, work_json
 from reconciler.daemon.queueing import ALL, CoalescingQueue, Work
+from reconciler.daemon.upkeep import PRUNE_STEP, Upkeep
 from reconciler.daemon.watching import Watcher
 from reconciler.common.errors import CohortSyncError, ConfigError, StateError
 from reconciler.common.statuses import Status
+from reconciler.notify.events import daemon_stopped, lease_lost
+from reconciler.notify.sending import Notifier
 from reconciler.state.leases import held
 from reconciler.running.reconciling import Reconciler, RunReport, workspaces_of
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
@@ -35,6 +38,7 @@ JITTER = 0.1  # timers fire within ±10% of a cohort's schedule
 TICK = 0.5  # seconds between looks at the timers and the stop flag
 RUNS_SHOWN = 200  # runs of one cohort on its page and in its charts
 CHANGES_TTL = 30.0  # seconds a /status answer may reuse each cohort's last change (read again after every run here)
+CHORES = 5.0  # seconds between looks at resyncs due and the changelog's retention
 
 
 class Daemon:
@@ -59,6 +63,10 @@ class Daemon:
         self._started_at = time.time()
         self._runs_done = 0  # grows after each run: a cached last change read before it is stale
         self._changes: tuple[float, int, dict[str, RunRecord]] | None = None  # (monotonic time, _runs_done, read)
+        self.notifier = Notifier(self.settings.notify, self.settings.alerting)
+        self.upkeep = Upkeep(self.state)
+        self._resync: set[str] = set()  # cohorts due for a resync, queued
+        self._chores_at = 0.0
 
     # --- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -79,6 +87,8 @@ class Daemon:
                 server.shutdown()
                 server.server_close()
                 self._teardown()
+                self.notifier.emit(daemon_stopped("shut down" if self.stop.is_set() else "the worker stopped"))
+                self.notifier.close(timeout=self.settings.alerting.timeout + 1)
         log.info("daemon stopped")
         return 0
 
@@ -116,6 +126,9 @@ class Daemon:
             return
         self._teardown()
         self.settings = settings
+        self.metrics.observe_notifier(self.notifier.snapshot())
+        self.notifier.close(timeout=1.0)
+        self.notifier = Notifier(settings.notify, settings.alerting)
         self.metrics.forget_client()
         self._build()
         log.info("config reloaded")
@@ -142,9 +155,17 @@ class Daemon:
         log.info("reconciling %s", work.describe())
         with self._lock:
             self._running = (work, time.time())
+            resync, self._resync = self._resync, set()
         try:
             report = self.reconciler.apply(specs, work.only, trigger=",".join(sorted(work.reasons))[:32],
                                            workspaces=self.workspaces)
+            self.notifier.observe(report)
+            if resync:
+                log.info("resyncing %s", ", ".join(sorted(resync)))
+                resynced = self.reconciler.apply(specs, sorted(resync), trigger="resync", workspaces=self.workspaces,
+                                                 resync=True)
+                self.notifier.observe(resynced)
+                report.outcomes += resynced.outcomes
         except CohortSyncError as exc:  # the state database went away: try again on the next trigger
             log.error("reconcile failed: %s", exc)
             return
@@ -181,9 +202,30 @@ class Daemon:
         return (spec.schedule if spec and spec.schedule else None) or self.settings.daemon.interval
 
     # --- triggers -------------------------------------------------------------------------
+    def on_lease_lost(self, holder: str, reason: str) -> None:
+        """Alert that this daemon lost its writer lease (called by the lease keeper)."""
+        self.notifier.emit(lease_lost(holder, reason))
+
+    def _chores(self, now: float) -> None:
+        """Resyncs due, and one step of changelog pruning; a full step looks again at the next tick."""
+        try:
+            due = self.upkeep.resyncs_due(self.settings, self._specs, now)
+            pruned = self.upkeep.prune_step(self.settings, now)
+        except StateError as exc:
+            log.error("upkeep: %s", exc)
+            due, pruned = set(), 0
+        with self._lock:
+            due -= self._resync
+            self._resync |= due
+        if due:
+            self.queue.put(due, "resync")
+        self._chores_at = now + (TICK if pruned == PRUNE_STEP else CHORES)
+
     def _timers(self) -> None:
         while not self.stop.wait(TICK):
             now = time.time()
+            if now >= self._chores_at:
+                self._chores(now)
             with self._lock:
                 due = {cid for cid, at in self._due.items() if at <= now}
                 for cid in due:
@@ -255,6 +297,7 @@ class Daemon:
 
     def _metrics(self) -> tuple[bytes, str]:
         self.metrics.up.set(1 if self._ready()[0] else 0)
+        self.metrics.observe_notifier(self.notifier.snapshot())
         return self.metrics.exposition(), CONTENT_TYPE
 
     def _status(self) -> dict:

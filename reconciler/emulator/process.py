@@ -41,6 +41,18 @@ class EmulatorProcess:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)
 
+    def edit(self, cohort_id: str, *, add: Sequence[str] = (), remove: Sequence[str] = (),
+             workspace: str | None = None) -> None:
+        """Change a segment by hand, as someone in the MoEngage dashboard would."""
+        query = f"?{urllib.parse.urlencode({'workspace': workspace})}" if workspace is not None else ""
+        for method, uids in (("PUT", add), ("DELETE", remove)):
+            if uids:
+                req = urllib.request.Request(f"{self.url}/_emulator/cohorts/{cohort_id}/members{query}", method=method,
+                                             data=json.dumps(list(uids)).encode(),
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    resp.read()
+
     def members(self, cohort_id: str, workspace: str | None = None) -> list[str]:
         """A segment's members (of the one workspace that has that cohort, unless one is named)."""
         query = f"?{urllib.parse.urlencode({'workspace': workspace})}" if workspace is not None else ""

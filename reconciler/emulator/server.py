@@ -153,6 +153,39 @@ class Handler(BaseHTTPRequestHandler):
             discard_body(self)
             self._error(Reply(404, f"No such endpoint: POST {path}", "path", "NotFound"))
 
+    def do_PUT(self) -> None:
+        self._edit("add_members")
+
+    def do_DELETE(self) -> None:
+        self._edit("remove_members")
+
+    def _edit(self, action: str) -> None:
+        """A hand edit in the dashboard: PUT adds, DELETE removes the uids of a JSON list (`?workspace=`
+        names the workspace), with no API request logged and no rule checked (drift only a resync repairs)."""
+        path = unquote(urlsplit(self.path).path)
+        cohort_id = path[len("/_emulator/cohorts/"):-len("/members")]
+        if not (path.startswith("/_emulator/cohorts/") and path.endswith("/members")):
+            discard_body(self)
+            self._json(404, {"error": f"no route {path}"})
+            return
+        try:
+            uids = json.loads(self._read_body(1 << 24) or b"[]")
+            if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+                raise ValueError("the body must be a JSON list of uids")
+        except (ValueError, Reply) as exc:
+            self._json(400, {"error": str(exc)})
+            return
+        workspace = (parse_qs(urlsplit(self.path).query).get("workspace") or [None])[0]
+        try:
+            edited = self.server.emulator.store.edit(cohort_id, action, uids, workspace)
+        except ValueError as exc:  # the cohort is a segment in several workspaces: name one
+            self._json(409, {"error": str(exc)})
+            return
+        if not edited:
+            self._json(404, {"error": "no such cohort"})
+            return
+        self._json(200, {"status": "ok", "edited": len(uids)})
+
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
         emu = self.server.emulator

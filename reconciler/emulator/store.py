@@ -79,6 +79,22 @@ class SegmentStore:
                 self._db.executemany("DELETE FROM members WHERE workspace = ? AND cohort_id = ? AND uid = ?", rows)
             self._db.execute("COMMIT")
 
+    def edit(self, cohort_id: str, action: str, uids: list[str], workspace: str | None = None) -> bool:
+        """Add or remove members of an existing segment by hand (of the one workspace that has that
+        cohort, unless one is named); False when there is no such segment."""
+        found = self.segment(cohort_id, workspace)
+        if found is None:
+            return False
+        rows = [(found["workspace"], cohort_id, uid) for uid in uids]
+        with self._lock:
+            self._db.execute("BEGIN")
+            if action == "add_members":
+                self._db.executemany("INSERT OR IGNORE INTO members (workspace, cohort_id, uid) VALUES (?, ?, ?)", rows)
+            else:
+                self._db.executemany("DELETE FROM members WHERE workspace = ? AND cohort_id = ? AND uid = ?", rows)
+            self._db.execute("COMMIT")
+        return True
+
     def count(self, workspace: str) -> int:
         """Segments in one workspace (MoEngage caps them)."""
         with self._lock:

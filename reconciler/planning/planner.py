@@ -23,12 +23,14 @@ from reconciler.sources.ordering import OutOfOrder, as_text, checked, external_s
 from reconciler.planning import textdiff
 from reconciler.planning.paths import COMM, FILE, HELPER, SORT_FILE, SORT_INTO_COMM, Facts, Path, choose
 from reconciler.planning.readahead import ReadAhead, SyncedMembers, shareable, synced_members
+from reconciler.planning.resync import resync_diff
 from reconciler.planning.unconfirmed import Unconfirmed
-from reconciler.planning.plans import ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict, verdict
+from reconciler.planning.plans import (CHANGED, ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict,
+                                       verdict)
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
 from reconciler.sources.reading import Engines, FileSource, Source, open_source
 from reconciler.specs.cohorts import CohortSpec
-from reconciler.state.store import CohortRecord, StateStore
+from reconciler.state.store import CohortRecord, StateStore, synced_in_order
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +102,7 @@ class Planner:
     def plan_cohort(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False,
                     workspace: str = DEFAULT_WORKSPACE) -> PreparedPlan:
         """Diff one cohort's source against its synced members in one workspace."""
-        plan = CohortPlan(spec.id, spec.name, UNCHANGED, description=spec.description, workspace=workspace,
-                          mode=spec.mode,
-                          file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest,
-                          unconfirmed=record.unconfirmed if record else 0,
-                          unconfirmed_since=record.unconfirmed_since if record else None)
+        plan = _plan_for(spec, record, workspace)
         prepared = PreparedPlan(plan)
         uncertain = Unconfirmed([], set())
         try:
@@ -117,15 +115,56 @@ class Planner:
             uncertain = self.unconfirmed(plan.key, plan.unconfirmed)
             self._diff(prepared, spec, source, record, uncertain)
         except (SourceError, CohortApiError, StateError, OSError) as exc:  # OSError: a sort, a spill to disk
-            prepared.close()
-            plan.status, plan.reason = ERROR, f"cannot plan: {exc}" if isinstance(exc, OSError) else \
-                getattr(exc, "message", str(exc))
-            plan.adds = plan.removes = plan.requests = 0
-            return PreparedPlan(plan)
+            return _failed(prepared, exc)
         guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals, desired=plan.desired or 0,
                               synced=plan.synced + uncertain.absent, removes=plan.removes)
         verdict(plan, suspended=spec.suspended, guard=guard, force=force)
         return prepared
+
+    def plan_resync(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False,
+                    workspace: str = DEFAULT_WORKSPACE, changelog: bool = True) -> PreparedPlan:
+        """Every desired uid re-sent, and (mirror) every leaver not desired now removed; guards apply.
+
+        Without a changelog (`changelog.retention: 0`) only the uncertain uids count as leavers.
+        """
+        plan = _plan_for(spec, record, workspace)
+        plan.resync = True
+        prepared = PreparedPlan(plan)
+        try:
+            source = open_source(spec, self.engines, self.settings.statement_timeout)
+            plan.source_digest = source.digest()
+            with gc_paused(), reading(source) as chunks:
+                self._spill_resync(prepared, spec, external_sort(chunks))
+        except (SourceError, CohortApiError, StateError, OSError) as exc:
+            return _failed(prepared, exc)
+        guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals, desired=plan.desired or 0,
+                              synced=plan.synced, removes=plan.removes)
+        verdict(plan, suspended=spec.suspended, guard=guard, force=force)
+        if not changelog and spec.mode == "mirror" and plan.status == CHANGED:
+            plan.reason = plan.reason or ("no changelog (changelog.retention: 0): resync can only re-add; "
+                                          "uids that left earlier are not removed")
+        return prepared
+
+    def _spill_resync(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]]) -> None:
+        plan, mirror = prepared.plan, spec.mode == "mirror"
+        spills = (self._spill("add_members", plan), self._spill("add_members", plan, resend=True),
+                  self._spill("remove_members", plan), self._spill("remove_members", plan, resend=True))
+        prepared.adds, prepared.re_adds, prepared.removes, prepared.re_removes = spills
+        leavers: Iterable[list[str]] = ()
+        if mirror:
+            leavers = external_sort(_chained(self.state.leavers(plan.key), self.state.unconfirmed_uids(plan.key)))
+        tally = Tally()
+        for part in resync_diff(desired, synced_in_order(self.state, plan.key), leavers, tally):
+            spills[0].write(part.adds)
+            spills[1].write(part.re_adds)
+            if mirror:
+                spills[2].write(part.removes)
+                spills[3].write(part.re_removes)
+        plan.desired, plan.synced = tally.desired, tally.synced
+        plan.adds, plan.removes = spills[0].count + spills[1].count, spills[2].count + spills[3].count
+        plan.requests = sum(spill.requests for spill in spills)
+        plan.sample_adds = (spills[0].samples + spills[1].samples)[:SAMPLES]
+        plan.sample_removes = (spills[2].samples + spills[3].samples)[:SAMPLES]
 
     def unconfirmed(self, cohort_id: str, count: int) -> Unconfirmed:
         """The cohort's uncertain uids and which of them are members; nothing is read when there are none."""
@@ -270,6 +309,29 @@ class Planner:
     def _spill(self, action: str, plan: CohortPlan, *, resend: bool = False) -> Spill:
         envelope = self.envelope(action, plan.id, plan.name, plan.description)
         return Spill(envelope, self.settings.account(plan.workspace).max_payload_bytes, resend=resend)
+
+
+def _plan_for(spec: CohortSpec, record: CohortRecord | None, workspace: str) -> CohortPlan:
+    """A cohort's plan in one workspace before any diff: what the spec and the state record say."""
+    return CohortPlan(spec.id, spec.name, UNCHANGED, description=spec.description, workspace=workspace,
+                      mode=spec.mode, file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest,
+                      unconfirmed=record.unconfirmed if record else 0,
+                      unconfirmed_since=record.unconfirmed_since if record else None)
+
+
+def _failed(prepared: PreparedPlan, exc: Exception) -> PreparedPlan:
+    """The plan as `error` with the reason, its spills freed: nothing is sent, nothing removed."""
+    prepared.close()
+    plan = prepared.plan
+    plan.status, plan.reason = ERROR, f"cannot plan: {exc}" if isinstance(exc, OSError) else \
+        getattr(exc, "message", str(exc))
+    plan.adds = plan.removes = plan.requests = 0
+    return PreparedPlan(plan)
+
+
+def _chained(chunks: Iterable[list[str]], extra: list[str]) -> Iterator[list[str]]:
+    yield from chunks
+    yield extra
 
 
 def _hashing(chunks: Iterable[list[str]], digest: "hashlib._Hash") -> Iterator[list[str]]:

@@ -44,6 +44,7 @@ class CohortPlan:
     source_digest: str | None = None
     spec_digest: str | None = None
     desired_digest: str | None = None  # of the desired set, when asked for (saved plans)
+    resync: bool = False  # every desired uid re-sent, and the changelog's leavers removed (planning/resync.py)
 
     @property
     def key(self) -> str:
@@ -63,6 +64,7 @@ class CohortPlan:
             "requests": self.requests, "unconfirmed": self.unconfirmed, "unconfirmed_since": self.unconfirmed_since,
             "reason": self.reason, "forced": self.forced,
             "sample_adds": self.sample_adds, "sample_removes": self.sample_removes,
+            **({"resync": True} if self.resync else {}),  # only when asked for: plans keep their shape
         }
 
 

@@ -22,7 +22,7 @@ from reconciler.moengage.batching import Batch
 from reconciler.planning.planner import PreparedPlan, Spill
 from reconciler.planning.plans import CohortPlan
 from reconciler.running.progress import NoProgress, Progress
-from reconciler.state.store import RunRecord, StateStore
+from reconciler.state.store import ChangeNote, RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,12 @@ class CohortOutcome:
 
 
 def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, run: RunRecord,
-            stop: threading.Event | None = None, progress: Progress | None = None) -> CohortOutcome:
+            stop: threading.Event | None = None, progress: Progress | None = None, *,
+            changelog: bool = True) -> CohortOutcome:
     """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop.
 
     `stop` is looked at before each batch: a shutdown lets the batch in flight finish and settle,
-    and leaves the rest for the next run.
+    and leaves the rest for the next run. With `changelog`, each settled batch is logged with it.
     """
     plan = prepared.plan
     outcome = CohortOutcome(plan, Status.FAILED)
@@ -73,7 +74,8 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
             for batch in pack(spill.envelope, spill, client.settings.max_payload_bytes):
                 if stop is not None and stop.is_set():
                     raise Interrupted("shutting down")
-                _send(batch, spill, client, state, run, outcome, progress)
+                _send(batch, spill, client, state, run, outcome, progress,
+                      change_note(plan, spill, run.run_id) if changelog else None)
         outcome.result = Status.PRUNED if plan.status == Status.ORPHANED else Status.CONVERGED
     except FatalApiError as exc:
         outcome.error = str(exc)
@@ -96,8 +98,16 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
     return outcome
 
 
+def change_note(plan: CohortPlan, spill: Spill, run_id: str) -> ChangeNote:
+    """How the changelog records this spill's batches: a resync's re-adds of members by count only
+    (they would copy the whole cohort into the changelog at every resync)."""
+    kind = ("resync_" if plan.resync else "") + ("resend" if spill.resend else "change")
+    count_only = plan.resync and spill.resend and spill.envelope.action == "add_members"
+    return ChangeNote(run_id, plan.spec_digest, kind, with_uids=not count_only)
+
+
 def _send(batch: Batch, spill: Spill, client: MoEngageClient, state: StateStore, run: RunRecord,
-          outcome: CohortOutcome, progress: Progress) -> None:
+          outcome: CohortOutcome, progress: Progress, note: ChangeNote | None) -> None:
     """Pending before send, settled on answer; a batch that may have been applied stays pending."""
     plan, action = outcome.plan, spill.envelope.action
     batch_id = state.begin_batch(plan.key, plan.name, plan.description, action, list(batch.uids), run.run_id,
@@ -107,7 +117,7 @@ def _send(batch: Batch, spill: Spill, client: MoEngageClient, state: StateStore,
         for part in client.send(batch):  # parts only after a 413 split, in order
             settled += len(part.uids)
             state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
-                               write_members=not spill.resend)
+                               write_members=not spill.resend, note=note)
             if action == "add_members":
                 outcome.sent_adds += len(part.uids)
             else:

@@ -38,6 +38,7 @@ class RunReport:
     outcomes: list[CohortOutcome] = field(default_factory=list)
     stopped: str | None = None  # why the run (or a workspace's part of it) stopped early: 401/403, a shutdown
     dry_run: bool = False
+    before: dict[str, CohortRecord] = field(default_factory=dict)  # the records as the run found them, by state key
 
     @property
     def ok(self) -> bool:
@@ -63,6 +64,7 @@ class _Run:
     report: RunReport
     trigger: str
     expected: dict[str, str] | None  # a saved plan's fingerprints, per state key
+    resync: bool = False  # every desired uid re-sent, the changelog's leavers removed (planning/resync.py)
 
 
 class Reconciler:
@@ -110,18 +112,24 @@ class Reconciler:
     def load(self) -> SpecSet:
         return load_checked(self.settings)
 
+    @property
+    def changelog(self) -> bool:
+        """Whether settled batches are logged (`changelog.retention` above 0)."""
+        return self.settings.changelog.retention > 0
+
     def plan(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
-             workspaces: Iterable[str] = ()) -> list[CohortPlan]:
+             workspaces: Iterable[str] = (), resync: bool = False) -> list[CohortPlan]:
         plans = []
-        for prepared in self.prepare(specs, only, force=force, prune=prune, workspaces=workspaces):
+        for prepared in self.prepare(specs, only, force=force, prune=prune, workspaces=workspaces, resync=resync):
             prepared.close()
             plans.append(prepared.plan)
         return plans
 
     def prepare(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False,
                 prune: bool | None = None, records: dict[str, CohortRecord] | None = None,
-                workspaces: Iterable[str] = (), errors: bool = True) -> Iterator[PreparedPlan]:
-        """Plan every selected (workspace, cohort) in turn, by workspace then id; the caller closes each."""
+                workspaces: Iterable[str] = (), errors: bool = True, resync: bool = False) -> Iterator[PreparedPlan]:
+        """Plan every selected (workspace, cohort) in turn, by workspace then id (`resync`: as
+        planning/resync.py says); the caller closes each."""
         wanted, in_workspaces = set(only), set(workspaces)
         prune = self.settings.prune if prune is None else prune
         records = self.state.cohorts() if records is None else records
@@ -133,7 +141,9 @@ class Reconciler:
             if (wanted and (spec.id if spec else record.cohort) not in wanted) or \
                     (in_workspaces and workspace not in in_workspaces):
                 continue
-            if spec is not None:
+            if spec is not None and resync:
+                yield self.planner.plan_resync(spec, record, force=force, workspace=workspace, changelog=self.changelog)
+            elif spec is not None:
                 yield self.planner.plan_cohort(spec, record, force=force, workspace=workspace)
             elif workspace not in self.settings.accounts:
                 yield self.planner.plan_orphan(record, prune=False, reason=(
@@ -146,10 +156,11 @@ class Reconciler:
 
     def apply(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
               dry_run: bool = False, trigger: str = "cli", expected: dict[str, str] | None = None,
-              workspaces: Iterable[str] = ()) -> RunReport:
+              workspaces: Iterable[str] = (), resync: bool = False) -> RunReport:
         """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused."""
         report = RunReport(uuid.uuid4().hex[:12], dry_run=dry_run)
-        run = _Run(specs, list(only), force, prune, self.state.cohorts(), report, trigger, expected)
+        run = _Run(specs, list(only), force, prune, self.state.cohorts(), report, trigger, expected, resync)
+        report.before = run.records
         for plan in spec_error_plans(specs):
             if not run.only or plan.id in run.only:
                 run.report.outcomes.append(self._apply_one(PreparedPlan(plan), run))
@@ -173,7 +184,7 @@ class Reconciler:
     def _apply_workspace(self, run: "_Run", workspace: str) -> None:
         """One workspace's cohorts in turn; a 401/403 or a shutdown stops this workspace only."""
         for prepared in self.prepare(run.specs, run.only, force=run.force, prune=run.prune, records=run.records,
-                                     workspaces=[workspace], errors=False):
+                                     workspaces=[workspace], errors=False, resync=run.resync):
             try:
                 outcome = self._apply_one(prepared, run)
             finally:
@@ -196,7 +207,7 @@ class Reconciler:
         except ConfigError as exc:
             return CohortOutcome(plan, Status.FAILED, error=str(exc))
         try:
-            return execute(prepared, client, self.state, record, self.stop, self.progress)
+            return execute(prepared, client, self.state, record, self.stop, self.progress, changelog=self.changelog)
         except FatalApiError as exc:
             where = f"workspace {plan.workspace}: " if plan.workspace != DEFAULT_WORKSPACE else ""
             run.report.stop(f"{where}MoEngage refused the credentials or the account: {exc}")

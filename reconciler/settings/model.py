@@ -137,6 +137,37 @@ def _urls(value: Any, base: Path | None) -> dict[str, Secret]:
 
 
 @dataclass(frozen=True)
+class NotifyTarget:
+    """Where alerts go: an Apprise URL or an http(s) webhook (signed with `secret`), filtered by
+    event kind and cohort id glob (empty: all). The URL holds tokens: it is a Secret."""
+
+    url: Secret
+    events: tuple[str, ...] = ()
+    cohorts: tuple[str, ...] = ()
+    secret: Secret = Secret("")
+
+
+def _targets(value: Any, base: Path | None) -> tuple[NotifyTarget, ...]:
+    if not isinstance(value, list):
+        raise ValueError("notify must be a list of {url, events, cohorts, secret}")
+    targets = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not item.get("url"):
+            raise ValueError(f"notify[{i}] needs a url")
+        targets.append(NotifyTarget(Secret(str(item["url"])), tuple(map(str, item.get("events") or ())),
+                                    tuple(map(str, item.get("cohorts") or ())), Secret(str(item.get("secret") or ""))))
+    return tuple(targets)
+
+
+def _json_list(text: str) -> Any:
+    import json
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError("not a JSON list of targets, e.g. [{\"url\": \"json://host/path\"}]") from None
+
+
+@dataclass(frozen=True)
 class Kind:
     """How a kind of value is written in cohortsync.yaml and the environment, and what it becomes."""
 
@@ -160,6 +191,7 @@ NAME_RULE = Kind("`leading_period` or `no_leading_period`", ("string",), _name_r
 PATH = Kind("path", ("string",), _path)
 URL = Kind("SQLAlchemy URL", ("string",), _url)
 URLS = Kind("SQLAlchemy URL", ("object",), _urls, named=True)
+TARGETS = Kind("list of targets", ("array",), _targets, _json_list)
 
 
 @dataclass(frozen=True)
@@ -257,6 +289,28 @@ class DaemonSettings:
     webhook_secret: Secret = setting("", SECRET, "COHORTSYNC_WEBHOOK_SECRET",
                                      "GitHub webhook secret (`X-Hub-Signature-256`)")
     git_pull: bool = setting(False, FLAG, "COHORTSYNC_GIT_PULL", "`git pull --ff-only` before a triggered reconcile")
+    resync: float | None = setting(None, DURATION, "COHORTSYNC_RESYNC",
+                                   "resync every cohort this often (a spec's `resync` wins); unset: never")
+
+
+@dataclass(frozen=True)
+class ChangelogSettings:
+    """The membership changelog: who entered or left which cohort, when, in which run."""
+
+    retention: float = setting("180d", DURATION, "COHORTSYNC_CHANGELOG_RETENTION",
+                               "how long an entry is kept (the daemon prunes older ones); `0`: nothing is "
+                               "logged, and resync can only re-add")
+
+
+@dataclass(frozen=True)
+class AlertingSettings:
+    """How alerts to the `notify` targets are sent: never in a reconcile's way."""
+
+    window: float = setting("1h", DURATION, "COHORTSYNC_ALERT_WINDOW",
+                            "the same event for the same cohort and target is sent once in this window")
+    timeout: float = setting("5s", DURATION, "COHORTSYNC_ALERT_TIMEOUT", "per notification request")
+    retries: int = setting(3, COUNT, "COHORTSYNC_ALERT_RETRIES",
+                           "retries of a failed notification, 1 s doubling between them", "retries")
 
 
 @dataclass(frozen=True)
@@ -281,6 +335,11 @@ class Settings:
     connections: dict[str, Secret] = setting(None, URLS, "COHORTSYNC_CONNECTION_",
                                              "a warehouse for `sql` sources (`connection: NAME`)")
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    changelog: ChangelogSettings = field(default_factory=ChangelogSettings)
+    notify: tuple[NotifyTarget, ...] | None = setting(None, TARGETS, "COHORTSYNC_NOTIFY",
+                                                      "alert targets: `{url, events, cohorts, secret}` each "
+                                                      "(see Alerts); from the environment as JSON")
+    alerting: AlertingSettings = field(default_factory=AlertingSettings)
     config_file: str | None = None  # where the settings came from; not a key
 
     @property

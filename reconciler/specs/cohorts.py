@@ -61,6 +61,7 @@ class CohortSpec:
     description: str | None = None
     mode: str = "mirror"
     schedule: float | None = None  # seconds
+    resync: float | None = None  # seconds between the daemon's resyncs of this cohort
     allow_empty: bool = False
     max_removals: MaxRemovals | None = None
     suspended: bool = False
@@ -242,6 +243,7 @@ def _build(doc: Document, path: Path, root: Path, connections: set[str],
         file=str(path.relative_to(root)),
         mode=data.get("mode", "mirror"),
         schedule=parse_duration(data["schedule"]) if "schedule" in data else None,
+        resync=parse_duration(data["resync"]) if "resync" in data else None,
         allow_empty=guards.get("allow_empty", False),
         max_removals=_max_removals(removals) if removals is not None else None,
         suspended=data.get("suspended", False),

@@ -26,7 +26,7 @@ from reconciler.common.errors import StateError, short_message
 from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.sources.ordering import OutOfOrder, checked
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 READ_ROWS = 20_000  # members fetched per round trip
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # DBAPI paramstyle -> positional mark
 
@@ -104,6 +104,18 @@ batches = sa.Table(  # pending: sent (or about to be) with no answer yet; see th
     sa.Column("run_id", sa.String(32)),
     sa.Column("sent_at", sa.Float, nullable=False),
 )
+changelog = sa.Table(  # one row per settled batch: who entered or left, when, in which run, and why
+    "cs_changelog", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("cohort_id", sa.String(KEY_LENGTH), nullable=False, index=True),  # sync_key(workspace, cohort id)
+    sa.Column("action", sa.String(16), nullable=False),  # add_members or remove_members
+    sa.Column("kind", sa.String(16), nullable=False),  # change or resend (no member write), resync_ before either
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("spec_digest", sa.String(64)),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("uids", sa.LargeBinary, nullable=False),  # ascending, newline-joined (as cs_batches); empty: count only
+)
 leases = sa.Table(
     "cs_leases", metadata,
     sa.Column("name", sa.String(64), primary_key=True),
@@ -135,6 +147,7 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     3: [_add_column("cs_runs", "unconfirmed", "BIGINT NOT NULL DEFAULT 0"),  # and the cs_batches table
         _widen("cs_cohorts", "id", KEY_LENGTH), _widen("cs_members", "cohort_id", KEY_LENGTH),
         _widen("cs_runs", "cohort_id", KEY_LENGTH)],
+    4: [],  # the cs_changelog table
 }
 UNKNOWN = "unknown"  # a pending batch's action once only its taken-over uids remain uncertain
 
@@ -176,6 +189,31 @@ class PendingBatch:
     carried: list[str]
     run_id: str | None
     sent_at: float
+
+
+@dataclass(frozen=True)
+class ChangeNote:
+    """What the changelog records of a settled batch besides its uids: why it was sent."""
+
+    run_id: str | None
+    spec_digest: str | None
+    kind: str = "change"  # change (members written) or resend (no member write); "resync_" before either in a resync
+    with_uids: bool = True  # False: count only (a resync's re-adds of members: the whole cohort each time)
+
+
+@dataclass(frozen=True)
+class ChangeEntry:
+    """One settled batch of one cohort, as the changelog keeps it; `uids` ascending (empty: count only)."""
+
+    id: int
+    cohort_id: str
+    action: str
+    kind: str
+    run_id: str | None
+    at: float
+    spec_digest: str | None
+    count: int
+    uids: list[str]
 
 
 @dataclass
@@ -394,14 +432,19 @@ class StateStore:
         return taken
 
     def settle_batch(self, batch_id: int, cohort_id: str, action: str, uids: list[str], *,
-                     remaining: list[str] | None = None, write_members: bool = True) -> None:
-        """A 200 for `uids` (the whole batch, or one part of a split one): members and the
-        pending record change together, in one transaction.
+                     remaining: list[str] | None = None, write_members: bool = True,
+                     note: ChangeNote | None = None) -> None:
+        """A 200 for `uids` (the whole batch, or one part of a split one): members, the pending
+        record and the changelog (with `note`) change together, in one transaction.
 
         `write_members` is False for a re-sent batch whose uids the members table already has
         right (a re-add of a member, a re-remove of a non-member): only the pending record goes.
         """
         with self._begin() as conn:
+            if note is not None and uids:
+                conn.execute(changelog.insert().values(
+                    cohort_id=cohort_id, action=action, kind=note.kind, run_id=note.run_id, at=time.time(),
+                    spec_digest=note.spec_digest, count=len(uids), uids=_encode(sorted(uids)) if note.with_uids else b""))
             if write_members and uids:
                 self._write_members(conn, action, [(cohort_id, u) for u in uids])
                 delta = len(uids) if action == "add_members" else -len(uids)
@@ -488,6 +531,67 @@ class StateStore:
             conn.execute(cohorts.delete().where(cohorts.c.id == cohort_id))
             _bump_state_version(conn)
 
+    # --- the membership changelog -------------------------------------------------------------
+    def changelog(self, cohort_ids: Iterable[str] | None = None, *, run_id: str | None = None,
+                  action: str | None = None) -> Iterator[ChangeEntry]:
+        """Entries oldest first, streamed (their uid blobs can be large); consume or close it."""
+        query = sa.select(changelog).order_by(changelog.c.id)
+        if cohort_ids is not None:
+            query = query.where(changelog.c.cohort_id.in_(list(cohort_ids)))
+        if run_id is not None:
+            query = query.where(changelog.c.run_id == run_id)
+        if action is not None:
+            query = query.where(changelog.c.action == action)
+        for row in self._stream(query):
+            yield _entry(row, _decode(row.uids))
+
+    def changes_of(self, uid: str, cohort_ids: Iterable[str] | None = None) -> list[ChangeEntry]:
+        """The entries that name `uid`, oldest first, found by a bytes search of each blob.
+
+        A rare question (support, audits): the blobs are read, not indexed, so that writing the
+        changelog costs one row per batch and not one per uid. The `uids` of each entry found is
+        [uid] only; count-only entries (a resync's re-adds) are not searched.
+        """
+        needle = b"\n" + uid.encode("utf-8") + b"\n"
+        query = sa.select(changelog).where(changelog.c.uids != b"").order_by(changelog.c.id)
+        if cohort_ids is not None:
+            query = query.where(changelog.c.cohort_id.in_(list(cohort_ids)))
+        return [_entry(row, [uid]) for row in self._stream(query) if needle in b"\n" + bytes(row.uids) + b"\n"]
+
+    def resyncs(self, cohort_ids: Iterable[str]) -> list[ChangeEntry]:
+        """Count-only resync entries (re-adds of every member) of these cohorts, oldest first."""
+        query = sa.select(changelog).where(changelog.c.uids == b"", changelog.c.cohort_id.in_(list(cohort_ids)))
+        with self._connect() as conn:
+            return [_entry(row, []) for row in conn.execute(query.order_by(changelog.c.id))]
+
+    def leavers(self, cohort_id: str) -> Iterator[list[str]]:
+        """Every uid the changelog says was removed from the cohort, a batch at a time (not in order overall)."""
+        query = sa.select(changelog.c.uids).where(changelog.c.cohort_id == cohort_id,
+                                                  changelog.c.action == "remove_members", changelog.c.uids != b"")
+        for row in self._stream(query):
+            yield _decode(row.uids)
+
+    def prune_changelog(self, before: float, limit: int = 500) -> int:
+        """Delete at most `limit` entries older than `before`; the daemon calls it in small steps."""
+        with self._begin() as conn:
+            ids = conn.execute(sa.select(changelog.c.id).where(changelog.c.at < before)
+                               .order_by(changelog.c.id).limit(limit)).scalars().all()
+            if ids:
+                conn.execute(changelog.delete().where(changelog.c.id.in_(ids)))
+        return len(ids)
+
+    def last_resyncs(self) -> dict[str, float]:
+        """When each cohort's last resync run started (runs whose trigger is `resync`)."""
+        query = (sa.select(runs.c.cohort_id, sa.func.max(runs.c.started_at)).where(runs.c.trigger == "resync")
+                 .group_by(runs.c.cohort_id))
+        with self._connect() as conn:
+            return {cid: at for cid, at in conn.execute(query)}
+
+    def _stream(self, query: Any, rows: int = 200) -> Iterator[Any]:
+        with self._connect() as conn:
+            for partition in conn.execution_options(stream_results=True, yield_per=rows).execute(query).partitions():
+                yield from partition
+
     def _ensure_cohort(self, conn: sa.Connection, cohort_id: str, name: str, description: str | None) -> None:
         exists = conn.execute(sa.select(cohorts.c.id).where(cohorts.c.id == cohort_id)).first()
         if not exists:
@@ -524,6 +628,11 @@ def _decode(blob: bytes | None) -> list[str]:
 def _pending(row: Any) -> PendingBatch:
     return PendingBatch(row.id, row.cohort_id, row.action, _decode(row.uids), _decode(row.carried), row.run_id,
                         row.sent_at)
+
+
+def _entry(row: Any, uids: list[str]) -> ChangeEntry:
+    return ChangeEntry(row.id, row.cohort_id, row.action, row.kind, row.run_id, row.at, row.spec_digest, row.count,
+                       uids)
 
 
 def _shrink(conn: sa.Connection, batch: PendingBatch, keep: list[str]) -> None:

@@ -1,0 +1,1 @@
+"""Alerts: which events a run makes, and sending them to the notify targets without slowing it."""

@@ -1,0 +1,70 @@
+"""`cohortsync state check`: the state's own invariants, and what is wrong when one fails.
+
+A pending batch may outlive any number of runs (its uids are unconfirmed until a plan settles
+them), so age is no fault. What must hold: the schema is the one this cohortsync writes; a uid
+is pending in at most one batch of its cohort (the plan's re-send rests on it); each pending
+batch's and changelog entry's count is its number of uids; each cohort's `synced_count` is its
+number of member rows; and no members belong to a cohort without a record.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import sqlalchemy as sa
+
+from reconciler.common.errors import StateError
+from reconciler.state.store import SCHEMA_VERSION, StateStore, _decode, batches, changelog, cohorts, members
+
+
+def check_state(store: StateStore) -> list[str]:
+    """Every broken invariant, one sentence each; empty when the state is sound."""
+    try:
+        version = store.schema_version()
+    except StateError as exc:
+        return [f"no cohortsync state here ({exc})"]
+    if version != SCHEMA_VERSION:  # the other checks read this version's tables
+        return [f"schema version {version}, this cohortsync writes {SCHEMA_VERSION}: run any command that "
+                "opens the state (say `cohortsync status`) to migrate it"]
+    problems = _counts(store)
+    problems += _pending(store)
+    problems += _changelog(store)
+    return problems
+
+
+def _counts(store: StateStore) -> list[str]:
+    with store.engine.connect() as conn:
+        recorded = dict(conn.execute(sa.select(cohorts.c.id, cohorts.c.synced_count)).all())
+        rows = dict(conn.execute(sa.select(members.c.cohort_id, sa.func.count()).group_by(members.c.cohort_id)).all())
+    problems = [f"cohort {cid}: synced_count {n:,} but {rows.get(cid, 0):,} member rows"
+                for cid, n in sorted(recorded.items()) if n != rows.get(cid, 0)]
+    problems += [f"{n:,} member rows of {cid}, which has no cohort record" for cid, n in sorted(rows.items())
+                 if cid not in recorded]
+    return problems
+
+
+def _pending(store: StateStore) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, Counter[str]] = {}
+    with store.engine.connect() as conn:
+        for row in conn.execute(sa.select(batches).order_by(batches.c.id)):
+            uids = _decode(row.uids)
+            if len(uids) != row.count:
+                problems.append(f"pending batch {row.id} of {row.cohort_id}: count {row.count} but {len(uids)} uids")
+            seen.setdefault(row.cohort_id, Counter()).update(set(uids))
+    for cid, counts in sorted(seen.items()):
+        twice = sorted(u for u, n in counts.items() if n > 1)
+        if twice:
+            problems.append(f"cohort {cid}: {len(twice)} uid(s) pending in more than one batch "
+                            f"(e.g. {', '.join(twice[:3])})")
+    return problems
+
+
+def _changelog(store: StateStore) -> list[str]:
+    problems = []
+    query = sa.select(changelog.c.id, changelog.c.cohort_id, changelog.c.count, changelog.c.uids)
+    with store.engine.connect() as conn:
+        for entry_id, cid, count, blob in conn.execution_options(stream_results=True, yield_per=200).execute(query):
+            found = len(_decode(blob))
+            if blob and found != count:
+                problems.append(f"changelog entry {entry_id} of {cid}: count {count} but {found} uids")
+    return problems
