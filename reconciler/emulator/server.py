@@ -166,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
         cohort_id = path[len("/_emulator/cohorts/"):-len("/members")]
         if not (path.startswith("/_emulator/cohorts/") and path.endswith("/members")):
             discard_body(self)
-            self._json(404, {"error": f"no route {path}"})
+            self.send_error(501 if path in API_PATHS else 404)  # the API takes POST only: 405 in its shape
             return
         try:
             uids = json.loads(self._read_body(1 << 24) or b"[]")
