@@ -40,6 +40,7 @@ WRITER = "writer"
 DEFAULT_TTL = 30.0  # seconds a lease lives without renewal
 COHORT = "cohort:"  # a cohort's lease: "cohort:" + its sync_key
 REPLICA = "replica:"  # a running replica's presence
+FORGOTTEN = 3600.0  # seconds after which a dead replica's row is deleted by the next one to start
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,9 @@ class CohortLeases:
     def register(self) -> None:
         """Say this replica is alive: a row of its own, renewed with its leases."""
         with self._write() as conn:
-            conn.execute(leases.delete().where(leases.c.name == REPLICA + self.id))
+            conn.execute(leases.delete().where(sa.or_(  # and forget replicas that died long ago
+                leases.c.name == REPLICA + self.id,
+                sa.and_(leases.c.name.like(REPLICA + "%"), leases.c.expires_at < self._now - FORGOTTEN))))
             conn.execute(leases.insert().values(name=REPLICA + self.id, token=0, busy=False, **self._mine()))
 
     def renew(self) -> list[str]:
@@ -223,7 +226,7 @@ class CohortLeases:
                 else:
                     lost.append(key)
         for key in lost:
-            self.lost(key, self._held[key].token if key in self._held else -1, "taken over while it was not renewed")
+            self.lost(key, self._held[key].token if key in self._held else -1, "another holder (a replica or an apply) has it now")
         return lost
 
     def lost(self, key: str, token: int, why: str) -> None:
