@@ -161,6 +161,15 @@ def test_apply_refuses_while_run_holds_the_lease(tmp_path, emulator, daemons, ca
     assert repo.run(capsys, "apply")[0] == 0  # released on a clean exit
 
 
+def test_a_second_run_on_sqlite_is_refused_with_the_reason(tmp_path, emulator, daemons):
+    repo = Repo(tmp_path, base_url=emulator.url)
+    repo.file_cohort("beta", USERS[:5])
+    first = daemons(repo)
+    with pytest.raises(RuntimeError, match="SQLite allows one writer"):
+        daemons(repo)
+    assert first.stop() == 0
+
+
 def test_a_dead_holders_lease_expires(tmp_path, emulator, daemons, capsys):
     from reconciler.state.leases import Lease
     from reconciler.state.store import StateStore

@@ -187,6 +187,22 @@ def test_kubernetes_manifest(tmp_path):
     assert set(kinds["Secret"]["stringData"]) >= {"MOENGAGE_WORKSPACE_ID", "MOENGAGE_API_KEY", "COHORTSYNC_TOKEN"}
 
 
+def test_kubernetes_manifest_for_replicas():
+    """Three replicas on PostgreSQL: the state URL from a Secret, no volume for a SQLite state."""
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/cohortsync-replicas.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"Secret", "Deployment", "PodDisruptionBudget", "Service"}
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert secrets["cohortsync-state"]["stringData"]["COHORTSYNC_STATE_URL"].startswith("postgresql")
+    deploy = kinds["Deployment"]["spec"]
+    assert deploy["replicas"] == 3 and deploy["strategy"]["type"] == "RollingUpdate"
+    main = next(c for c in deploy["template"]["spec"]["containers"] if c["name"] == "cohortsync")
+    assert {"secretRef": {"name": "cohortsync-state"}} in main["envFrom"]
+    assert all(e["name"] != "COHORTSYNC_STATE_URL" for e in main.get("env", []))
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "state" not in {v["name"] for v in deploy["template"]["spec"]["volumes"]}
+
+
 def test_github_workflows():
     plan = yaml.safe_load((ROOT / "deploy/github/cohortsync-plan.yml").read_text())
     apply = yaml.safe_load((ROOT / "deploy/github/cohortsync-apply.yml").read_text())

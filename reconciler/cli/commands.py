@@ -20,7 +20,7 @@ from reconciler.running import render
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.common.errors import CohortSyncError
 from reconciler.common.statuses import Status
-from reconciler.state.leases import held
+from reconciler.state.leases import COHORT, REPLICA, held, held_cohorts, lease_table
 from reconciler.planning.plans import BLOCKED, ERROR
 from reconciler.running.progress import Progress, for_terminal
 from reconciler.running.reconciling import Reconciler, RunReport, load_checked, workspaces_of
@@ -120,7 +120,10 @@ def apply(args: argparse.Namespace) -> int:
         _check_selection(specs, reconciler, args.cohort)
         if not args.dry_run:
             check_credentials(settings, specs, args)
-        with nullcontext() if args.dry_run else held(reconciler.state, "apply"), stopping_on_signals(reconciler.stop):
+        saved = planfiles.read(Path(args.plan)) if args.plan else None
+        only, workspaces = (saved.cohorts, saved.workspaces) if saved else (args.cohort, args.workspace)
+        with nullcontext() if args.dry_run else writing(reconciler, specs, only, workspaces), \
+                stopping_on_signals(reconciler.stop):
             if args.plan:
                 report = _apply_saved(reconciler, specs, Path(args.plan), args.dry_run)
             else:
@@ -131,6 +134,23 @@ def apply(args: argparse.Namespace) -> int:
     alert(settings, report)
     print(render.report_json(report) if args.format == "json" else render.report_text(report))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+@contextmanager
+def writing(reconciler: Reconciler, specs: SpecSet, only: list[str], workspaces: list[str]) -> Iterator[None]:
+    """The right to write: the one writer lease on SQLite; on PostgreSQL the leases of the cohorts this
+    run touches, so that it works beside running replicas (each write fenced by its lease)."""
+    state, ttl = reconciler.state, reconciler.settings.daemon.lease_time
+    if state.engine.dialect.name != "postgresql":
+        with held(state, "apply", ttl=ttl):
+            yield
+        return
+    with held_cohorts(state, "apply", reconciler.keys(specs, only, workspaces), ttl) as leases:
+        reconciler.fences = leases.fence
+        try:
+            yield
+        finally:
+            reconciler.fences = lambda key: None
 
 
 @contextmanager
@@ -175,9 +195,19 @@ def status(args: argparse.Namespace) -> int:
     state = StateStore.open(settings.state_url)
     try:
         records = {key: r for key, r in state.cohorts().items() if not args.workspace or r.workspace in args.workspace}
+        table = lease_table(state)
     finally:
         state.close()
-    print(render.status_json(records) if args.format == "json" else render.status_text(records))
+    holders = {r.name[len(COHORT):]: r.holder for r in table if r.name.startswith(COHORT)}
+    replicas = [{"id": r.holder, "host": r.host, "pid": r.pid, "expires_in": r.expires_in,
+                 "cohorts": sum(1 for h in holders.values() if h == r.holder)}
+                for r in table if r.name.startswith(REPLICA)]
+    if args.format == "json":
+        print(render.status_json(records, holders, replicas))
+    else:
+        print(render.status_text(records, holders))
+        for r in replicas:
+            print(f"replica {r['id']} (pid {r['pid']} on {r['host']}): {r['cohorts']} cohort(s)")
     return EXIT_OK
 
 

@@ -52,10 +52,25 @@ class LeaseHeld(CohortSyncError):
     """Another writer holds the state lease."""
 
 
+class LeaseLost(CohortSyncError):
+    """This process no longer holds the lease a write was made under: that cohort stops, nothing is written.
+
+    Not a StateError: the database answered; another replica (or an `apply`) owns the cohort now.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(f"lease {name}: {message}")
+
+
 class Interrupted(CohortSyncError):
     """A shutdown was asked for: stop between batches, nothing half-done."""
 
     maybe_applied = False  # True when an attempt of the batch in hand got no answer before the shutdown
+
+
+class Yielded(Interrupted):
+    """More urgent work waits: a long routine cohort stops between batches and resumes after it."""
 
 
 class ApiError(CohortSyncError):

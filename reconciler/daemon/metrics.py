@@ -29,6 +29,9 @@ class Metrics:
                                   ["cohort"], registry=r)
         self.triggers = Counter("cohortsync_triggers", "Reconciles asked for, by source", ["source"], registry=r)
         self.up = Gauge("cohortsync_ready", "1 when specs are loaded and the state is reachable", registry=r)
+        self.held = Gauge("cohortsync_cohort_held", "1 for each cohort whose lease this replica holds",
+                          ["cohort", "replica"], registry=r)
+        self.replicas = Gauge("cohortsync_replicas", "Live replicas sharing the state", registry=r)
         self.notifications = Counter("cohortsync_notifications", "Alerts per notify target (by index and scheme) "
                                      "and result: sent, failed (after retries), retried, dropped, deduplicated",
                                      ["target", "result"], registry=r)
@@ -76,6 +79,13 @@ class Metrics:
     def forget_client(self) -> None:
         """New clients and a new notifier (after SIGHUP) start their counters at zero."""
         self._seen, self._rate_waits_seen, self._notified = {}, {}, {}
+
+    def observe_holding(self, replica: str, keys: set[str], replicas: int) -> None:
+        """Which cohorts this replica holds now (the others say the same of theirs)."""
+        self.held.clear()
+        for key in keys:
+            self.held.labels(key, replica).set(1)
+        self.replicas.set(replicas)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,6 +54,9 @@ class Live:
     pending: Work | None = None
     running: Work | None = None
     running_since: float | None = None  # epoch seconds
+    replica: dict[str, Any] | None = None  # this daemon: id, host, pid, mode, cohorts it holds
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # every live one, with how many cohorts each holds
+    holders: dict[str, str] = field(default_factory=dict)  # state key -> the replica holding its lease
 
 
 def spec_errors(specs: SpecSet | None) -> dict[str, tuple[str, str]]:
@@ -88,6 +91,8 @@ def status_document(records: dict[str, CohortRecord], changes: dict[str, RunReco
         "next_timer": next_timer(live.due, live.now),
         "rate": {"limit": str(live.rate), "requests": live.rate.requests, "window": live.rate.window,
                  "in_use": live.rate_in_use},
+        "replica": live.replica,
+        "replicas": live.replicas,
     }
 
 
@@ -120,6 +125,7 @@ def cohort_row(base: dict[str, Any], record: CohortRecord | None, live: Live, br
         "last_change": None if change is None else {
             "run_id": change.run_id, "at": change.finished_at or change.started_at, "adds": change.sent_adds,
             "removes": change.sent_removes, "result": change.status},
+        "holder": live.holders.get(cid),
     }
 
 

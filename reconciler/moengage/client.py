@@ -86,13 +86,17 @@ class MoEngageClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, batch: Batch) -> Iterator[Batch]:
-        """Send one packed batch; yield each part MoEngage acknowledged (parts only after a 413)."""
+    def send(self, batch: Batch, before_post: Callable[[], None] | None = None) -> Iterator[Batch]:
+        """Send one packed batch; yield each part MoEngage acknowledged (parts only after a 413).
+
+        `before_post` runs right before each attempt leaves, once its rate slot is held: a replica's
+        lease check, so a holder that was paused past its lease sends nothing more.
+        """
         pending = [batch]
         while pending:
             part = pending.pop(0)
             try:
-                self._send_with_retries(part)
+                self._send_with_retries(part, before_post)
             except PayloadTooLarge as exc:
                 if len(part.uids) <= 1:
                     raise CohortApiError(exc.message, status=413, request_id=exc.request_id) from exc
@@ -102,14 +106,14 @@ class MoEngageClient:
                 continue
             yield part
 
-    def _send_with_retries(self, batch: Batch) -> None:
+    def _send_with_retries(self, batch: Batch, before_post: Callable[[], None] | None = None) -> None:
         """Post until a 200, a definite refusal, or the retries run out; the error that ends it
         says whether any attempt may have been applied (then the batch's outcome is unknown)."""
         attempt = throttled = 0
         maybe_applied = False
         while True:
             try:
-                return self._post(batch)
+                return self._post(batch, before_post)
             except TemporaryApiError as exc:
                 maybe_applied = maybe_applied or exc.maybe_applied
                 if exc.status == 429 and throttled < MAX_THROTTLED:
@@ -143,10 +147,12 @@ class MoEngageClient:
     def _backoff(self, attempt: int) -> float:
         return backoff(self.settings, attempt, self._rng)
 
-    def _post(self, batch: Batch) -> None:
+    def _post(self, batch: Batch, before_post: Callable[[], None] | None = None) -> None:
         with self.limiter.slot():
             if self._stop is not None and self._stop.is_set():
                 raise Interrupted("shutting down")
+            if before_post is not None:
+                before_post()
             try:
                 resp = self._session.post(
                     self.settings.url, data=batch.body, headers=self._headers, timeout=self.settings.timeout

@@ -349,8 +349,11 @@ def reading(source: Source) -> Iterator[Iterator[list[str]]]:
         yield chunks
     finally:
         close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        try:
+            if close is not None:
+                close()
+        except ValueError:  # a tool's feeding thread still reads it: it is closed when that thread lets go
+            pass
 
 
 @contextmanager

@@ -16,15 +16,17 @@ from dataclasses import dataclass
 
 from reconciler.moengage.batching import pack
 from reconciler.moengage.client import MoEngageClient
-from reconciler.common.errors import ApiError, FatalApiError, Interrupted, StateError
+from reconciler.common.errors import ApiError, FatalApiError, Interrupted, LeaseLost, StateError, Yielded
 from reconciler.common.statuses import Status
 from reconciler.moengage.batching import Batch
 from reconciler.planning.planner import PreparedPlan, Spill
 from reconciler.planning.plans import CohortPlan
 from reconciler.running.progress import NoProgress, Progress
+from reconciler.state.fencing import Fence
 from reconciler.state.store import ChangeNote, RunRecord, StateStore
 
 log = logging.getLogger(__name__)
+YIELD_AFTER = 4.0  # seconds a routine cohort runs before it gives way, between batches, to urgent work
 
 
 @dataclass
@@ -43,6 +45,7 @@ class CohortOutcome:
     unconfirmed: int = 0  # uids of the batch whose answer never came
     error: str | None = None
     fatal: bool = False  # MoEngage refused the credentials or the account: nothing more goes to that workspace
+    yielded: bool = False  # set aside between batches for more urgent work: the rest is sent after it
 
     @property
     def ok(self) -> bool:
@@ -57,11 +60,17 @@ class CohortOutcome:
 
 def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, run: RunRecord,
             stop: threading.Event | None = None, progress: Progress | None = None, *,
-            changelog: bool = True) -> CohortOutcome:
+            changelog: bool = True, fence: Fence | None = None,
+            yield_to: threading.Event | None = None) -> CohortOutcome:
     """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop.
 
     `stop` is looked at before each batch: a shutdown lets the batch in flight finish and settle,
     and leaves the rest for the next run. With `changelog`, each settled batch is logged with it.
+    With a `fence` (a replica's lease on the cohort), every write checks the lease and nothing is
+    sent once it may have expired; a lost lease stops the cohort with nothing more written: its
+    batch in flight stays pending, for the new holder to settle. Once `yield_to` is set, a cohort
+    that has run YIELD_AFTER seconds stops between batches (`yielded`): a 10M-member initial sync
+    does not hold a triggered cohort up for minutes.
     """
     plan = prepared.plan
     outcome = CohortOutcome(plan, Status.FAILED)
@@ -69,17 +78,28 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
     start = (stats.requests, stats.retries, stats.throttled, stats.bytes_sent, time.monotonic())
     progress = progress or NoProgress()
     progress.start(plan)
+    lost = False
     try:
         for spill in prepared.spills():
             for batch in pack(spill.envelope, spill, client.settings.max_payload_bytes):
                 if stop is not None and stop.is_set():
                     raise Interrupted("shutting down")
+                if yield_to is not None and yield_to.is_set() and time.monotonic() - start[4] > YIELD_AFTER:
+                    raise Yielded("more urgent work waits")
                 _send(batch, spill, client, state, run, outcome, progress,
-                      change_note(plan, spill, run.run_id) if changelog else None)
+                      change_note(plan, spill, run.run_id) if changelog else None, fence)
         outcome.result = Status.PRUNED if plan.status == Status.ORPHANED else Status.CONVERGED
+    except LeaseLost as exc:
+        outcome.result, outcome.error = Status.INTERRUPTED, f"{exc}; its new holder sends the rest"
+        if fence is not None:
+            fence.lost(str(exc))
+        lost = True  # nothing more is written for this cohort here
     except FatalApiError as exc:
         outcome.error = str(exc)
         raise
+    except Yielded:
+        outcome.result, outcome.yielded = Status.INTERRUPTED, True
+        outcome.error = "set aside for more urgent work; the rest is sent right after it"
     except Interrupted:
         outcome.result, outcome.error = Status.INTERRUPTED, "stopped by a shutdown; the next run sends the rest"
     except (ApiError, StateError) as exc:
@@ -94,7 +114,8 @@ def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, r
         outcome.requests = stats.requests - start[0]
         outcome.retries, outcome.throttled = stats.retries - start[1], stats.throttled - start[2]
         outcome.bytes, outcome.seconds = stats.bytes_sent - start[3], time.monotonic() - start[4]
-        _finish(state, run, outcome)
+        if not lost:
+            _finish(state, run, outcome, fence)
     return outcome
 
 
@@ -107,17 +128,20 @@ def change_note(plan: CohortPlan, spill: Spill, run_id: str) -> ChangeNote:
 
 
 def _send(batch: Batch, spill: Spill, client: MoEngageClient, state: StateStore, run: RunRecord,
-          outcome: CohortOutcome, progress: Progress, note: ChangeNote | None) -> None:
+          outcome: CohortOutcome, progress: Progress, note: ChangeNote | None,
+          fence: Fence | None = None) -> None:
     """Pending before send, settled on answer; a batch that may have been applied stays pending."""
     plan, action = outcome.plan, spill.envelope.action
+    if fence is not None:
+        fence.check_local()
     batch_id = state.begin_batch(plan.key, plan.name, plan.description, action, list(batch.uids), run.run_id,
-                                 take_over=plan.unconfirmed > 0)
+                                 take_over=plan.unconfirmed > 0, fence=fence)
     settled = 0
     try:
-        for part in client.send(batch):  # parts only after a 413 split, in order
+        for part in client.send(batch, fence.check_local if fence is not None else None):  # parts: after a 413
             settled += len(part.uids)
             state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
-                               write_members=not spill.resend, note=note)
+                               write_members=not spill.resend, note=note, fence=fence)
             if action == "add_members":
                 outcome.sent_adds += len(part.uids)
             else:
@@ -129,11 +153,11 @@ def _send(batch: Batch, spill: Spill, client: MoEngageClient, state: StateStore,
         if exc.maybe_applied:
             outcome.unconfirmed += len(batch.uids) - settled
         else:
-            state.refuse_batch(batch_id)
+            state.refuse_batch(batch_id, fence)
         raise
 
 
-def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome) -> None:
+def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome, fence: Fence | None = None) -> None:
     """Write the run row and the cohort's outcome; a pruned orphan is forgotten."""
     plan = outcome.plan
     run.status, run.error, run.finished_at = outcome.result, outcome.error, time.time()
@@ -142,14 +166,19 @@ def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome) -> None:
     run.failed = (plan.adds - outcome.sent_adds) + (plan.removes - outcome.sent_removes)
     run.unconfirmed = outcome.unconfirmed
     try:
-        state.record_run(run)
+        state.record_run(run, fence)
         if outcome.result == Status.PRUNED:
-            state.forget(plan.key)
+            state.forget(plan.key, fence)
         elif outcome.result == Status.CONVERGED:
             state.record_outcome(plan.key, plan.name, plan.description, status=Status.CONVERGED, converged=True,
-                                 spec_digest=plan.spec_digest, source_digest=plan.source_digest)
+                                 spec_digest=plan.spec_digest, source_digest=plan.source_digest, fence=fence)
             log.info("cohort %s: converged (+%d -%d)", plan.key, outcome.sent_adds, outcome.sent_removes)
         else:
-            state.record_outcome(plan.key, plan.name, plan.description, status=outcome.result, error=outcome.error)
+            state.record_outcome(plan.key, plan.name, plan.description, status=outcome.result, error=outcome.error,
+                                 fence=fence)
+    except LeaseLost as exc:
+        outcome.result, outcome.error = Status.INTERRUPTED, f"{exc}; its new holder records the outcome"
+        if fence is not None:
+            fence.lost(str(exc))
     except StateError as exc:
         outcome.result, outcome.error = Status.FAILED, f"{outcome.error or ''} {exc}".strip()

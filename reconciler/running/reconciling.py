@@ -11,21 +11,23 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reconciler.running.applying import CohortOutcome, execute
 from reconciler.moengage.client import MoEngageClient
-from reconciler.common.errors import ConfigError, FatalApiError
+from reconciler.common.errors import ConfigError, FatalApiError, LeaseLost
 from reconciler.common.statuses import Status
 from reconciler.planning.planner import Planner, PreparedPlan
 from reconciler.running.progress import Progress
 from reconciler.planning.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan, fingerprint
 from reconciler.settings.config import require_credentials
-from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
+from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings, Settings
 from reconciler.sources.reading import Engines
 from reconciler.specs.cohorts import CohortSpec, SpecSet, load_specs, name_rules
+from reconciler.state.budget import SharedBudget
+from reconciler.state.fencing import Fence
 from reconciler.state.store import CohortRecord, RunRecord, StateStore, sync_key
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class _Run:
     trigger: str
     expected: dict[str, str] | None  # a saved plan's fingerprints, per state key
     resync: bool = False  # every desired uid re-sent, the changelog's leavers removed (planning/resync.py)
+    keys: Collection[str] | None = None  # only these state keys (a replica's share); None: every selected one
+    yield_to: threading.Event | None = None  # once set, no further cohort starts, and a long one gives way
 
 
 class Reconciler:
@@ -86,6 +90,7 @@ class Reconciler:
             self.clients.setdefault(DEFAULT_WORKSPACE, client)
         self._own: list[MoEngageClient] = []  # clients made here, closed here
         self._lock = threading.Lock()
+        self.fences: Callable[[str], Fence | None] = lambda key: None  # a replica's lease per state key
         self.engines = Engines(settings.connections)
         self.planner = Planner(settings, state, self.engines)
 
@@ -99,10 +104,20 @@ class Reconciler:
         with self._lock:
             if workspace not in self.clients:
                 require_credentials(self.settings, [workspace])
-                client = MoEngageClient(self.settings.account(workspace), stop=self.stop, workspace=workspace)
+                account = self.settings.account(workspace)
+                client = MoEngageClient(account, stop=self.stop, limiter=self._shared_budget(account),
+                                        workspace=workspace)
                 self.clients[workspace] = client
                 self._own.append(client)
             return self.clients[workspace]
+
+    def _shared_budget(self, account: MoEngageSettings) -> SharedBudget | None:
+        """On PostgreSQL every process shares one rate budget per account (MoEngage counts per account:
+        workspace id and data centre); on SQLite one process writes, and its own limiter suffices."""
+        if self.state.engine.dialect.name != "postgresql":
+            return None
+        return SharedBudget(self.state, f"{account.workspace_id}@{account.url}", account.rate_limit,
+                            flight=account.timeout + 5.0, stop=self.stop)
 
     def close(self) -> None:
         self.engines.close()
@@ -117,6 +132,14 @@ class Reconciler:
         """Whether settled batches are logged (`changelog.retention` above 0)."""
         return self.settings.changelog.retention > 0
 
+    def keys(self, specs: SpecSet, only: Iterable[str] = (), workspaces: Iterable[str] = ()) -> set[str]:
+        """The state keys a run over these cohorts (all when none) touches: what `apply` takes leases on."""
+        wanted, chosen = set(only), set(workspaces)
+        return {target_key(w, spec, record) for w, spec, record in targets(specs, self.state.cohorts(),
+                                                                           self.settings.accounts)
+                if (not wanted or (spec.id if spec else record.cohort) in wanted)  # type: ignore[union-attr]
+                and (not chosen or w in chosen)}
+
     def plan(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
              workspaces: Iterable[str] = (), resync: bool = False) -> list[CohortPlan]:
         plans = []
@@ -127,9 +150,13 @@ class Reconciler:
 
     def prepare(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False,
                 prune: bool | None = None, records: dict[str, CohortRecord] | None = None,
-                workspaces: Iterable[str] = (), errors: bool = True, resync: bool = False) -> Iterator[PreparedPlan]:
+                workspaces: Iterable[str] = (), errors: bool = True, resync: bool = False,
+                keys: Collection[str] | None = None) -> Iterator[PreparedPlan]:
         """Plan every selected (workspace, cohort) in turn, by workspace then id (`resync`: as
-        planning/resync.py says); the caller closes each."""
+        planning/resync.py says); the caller closes each.
+
+        `keys` (state keys) narrows the selection further: a replica plans only the cohorts it holds.
+        """
         wanted, in_workspaces = set(only), set(workspaces)
         prune = self.settings.prune if prune is None else prune
         records = self.state.cohorts() if records is None else records
@@ -139,7 +166,8 @@ class Reconciler:
                     yield PreparedPlan(plan)
         for workspace, spec, record in targets(specs, records, self.settings.accounts):
             if (wanted and (spec.id if spec else record.cohort) not in wanted) or \
-                    (in_workspaces and workspace not in in_workspaces):
+                    (in_workspaces and workspace not in in_workspaces) or \
+                    (keys is not None and target_key(workspace, spec, record) not in keys):
                 continue
             if spec is not None and resync:
                 yield self.planner.plan_resync(spec, record, force=force, workspace=workspace, changelog=self.changelog)
@@ -156,18 +184,25 @@ class Reconciler:
 
     def apply(self, specs: SpecSet, only: Iterable[str] = (), *, force: bool = False, prune: bool | None = None,
               dry_run: bool = False, trigger: str = "cli", expected: dict[str, str] | None = None,
-              workspaces: Iterable[str] = (), resync: bool = False) -> RunReport:
-        """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused."""
+              workspaces: Iterable[str] = (), resync: bool = False, keys: Collection[str] | None = None,
+              yield_to: threading.Event | None = None) -> RunReport:
+        """Reconcile; with `expected` (a saved plan's fingerprints) a cohort whose plan differs is refused.
+
+        `keys` limits the run to these state keys (a daemon's share; spec errors are then left to
+        the daemon's own log); once `yield_to` is set no further cohort starts, so that more urgent
+        work goes first: the report's outcomes say which cohorts were done.
+        """
         report = RunReport(uuid.uuid4().hex[:12], dry_run=dry_run)
-        run = _Run(specs, list(only), force, prune, self.state.cohorts(), report, trigger, expected, resync)
+        run = _Run(specs, list(only), force, prune, self.state.cohorts(), report, trigger, expected, resync, keys,
+                   yield_to)
         report.before = run.records
-        for plan in spec_error_plans(specs):
+        for plan in spec_error_plans(specs) if keys is None else ():
             if not run.only or plan.id in run.only:
                 run.report.outcomes.append(self._apply_one(PreparedPlan(plan), run))
         errors = len(run.report.outcomes)
         chosen = set(workspaces)
-        groups = sorted({w for w, _, _ in targets(specs, run.records, self.settings.accounts)
-                         if not chosen or w in chosen})
+        groups = sorted({w for w, spec, record in targets(specs, run.records, self.settings.accounts)
+                         if (not chosen or w in chosen) and (keys is None or target_key(w, spec, record) in keys)})
         if len(groups) > 1 and not dry_run:
             with ThreadPoolExecutor(len(groups), thread_name_prefix="workspace") as pool:
                 list(pool.map(functools.partial(self._apply_workspace, run), groups))
@@ -184,7 +219,10 @@ class Reconciler:
     def _apply_workspace(self, run: "_Run", workspace: str) -> None:
         """One workspace's cohorts in turn; a 401/403 or a shutdown stops this workspace only."""
         for prepared in self.prepare(run.specs, run.only, force=run.force, prune=run.prune, records=run.records,
-                                     workspaces=[workspace], errors=False, resync=run.resync):
+                                     workspaces=[workspace], errors=False, resync=run.resync, keys=run.keys):
+            if run.yield_to is not None and run.yield_to.is_set():
+                prepared.close()
+                break
             try:
                 outcome = self._apply_one(prepared, run)
             finally:
@@ -198,7 +236,13 @@ class Reconciler:
         if run.expected is not None and fingerprint(plan) != run.expected.get(plan.key):
             return CohortOutcome(plan, Status.STALE, error=STALE)
         if run.report.dry_run or not plan.actionable:
-            self._note_idle(plan, run.records.get(plan.key), run.report.dry_run)
+            try:
+                self._note_idle(plan, run.records.get(plan.key), run.report.dry_run)
+            except LeaseLost as exc:  # another replica or an apply took the cohort: it records the standing
+                fence = self.fences(plan.key)
+                if fence is not None:
+                    fence.lost(str(exc))
+                return CohortOutcome(plan, Status.INTERRUPTED, error=str(exc))
             return CohortOutcome(plan, plan.status, error=plan.reason if plan.status == ERROR else None)
         record = RunRecord(run.report.run_id, plan.key, Status.RUNNING, time.time(), run.trigger,
                            planned_adds=plan.adds, planned_removes=plan.removes)
@@ -207,7 +251,8 @@ class Reconciler:
         except ConfigError as exc:
             return CohortOutcome(plan, Status.FAILED, error=str(exc))
         try:
-            return execute(prepared, client, self.state, record, self.stop, self.progress, changelog=self.changelog)
+            return execute(prepared, client, self.state, record, self.stop, self.progress, changelog=self.changelog,
+                           fence=self.fences(plan.key), yield_to=run.yield_to)
         except FatalApiError as exc:
             where = f"workspace {plan.workspace}: " if plan.workspace != DEFAULT_WORKSPACE else ""
             run.report.stop(f"{where}MoEngage refused the credentials or the account: {exc}")
@@ -223,11 +268,13 @@ class Reconciler:
                        and record.spec_digest == plan.spec_digest and record.source_digest == plan.source_digest)
             if not settled:
                 self.state.record_outcome(plan.key, plan.name, plan.description, status=Status.CONVERGED,
-                                          converged=True, spec_digest=plan.spec_digest, source_digest=plan.source_digest)
+                                          converged=True, spec_digest=plan.spec_digest, source_digest=plan.source_digest,
+                                          fence=self.fences(plan.key))
         elif plan.status not in (CHANGED, ORPHANED) and (record is None or record.last_status != plan.status
                                                          or record.last_error != plan.reason):
             if record is not None or plan.status != ERROR:
-                self.state.record_outcome(plan.key, plan.name, plan.description, status=plan.status, error=plan.reason)
+                self.state.record_outcome(plan.key, plan.name, plan.description, status=plan.status, error=plan.reason,
+                                          fence=self.fences(plan.key))
 
 
 def workspaces_of(specs: SpecSet, only: Iterable[str] = (), chosen: Iterable[str] = ()) -> list[str]:
@@ -250,6 +297,16 @@ def load_checked(settings: Settings) -> SpecSet:
     """Every spec, checked also against what the operator config says of its workspaces (their name rules)."""
     accounts = settings.accounts
     return load_specs(settings.cohorts_dir, settings.connections, accounts, name_rules(accounts))
+
+
+def target_key(workspace: str, spec: CohortSpec | None, record: CohortRecord | None) -> str:
+    """The state key of one of `targets`' entries: what a replica's lease is named after."""
+    return sync_key(workspace, spec.id) if spec is not None else record.id  # type: ignore[union-attr]
+
+
+def target_keys(specs: SpecSet, records: dict[str, CohortRecord], accounts: Iterable[str]) -> list[str]:
+    """Every state key a full run covers (each spec in each of its workspaces, and each orphan)."""
+    return [target_key(w, spec, record) for w, spec, record in targets(specs, records, accounts)]
 
 
 def orphans(records: dict[str, CohortRecord], specs: SpecSet) -> list[CohortRecord]:

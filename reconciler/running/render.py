@@ -139,14 +139,16 @@ def status_rows(records: dict[str, CohortRecord]) -> list[dict[str, Any]]:
             for r in records.values()]
 
 
-def status_text(records: dict[str, CohortRecord]) -> str:
+def status_text(records: dict[str, CohortRecord], holders: dict[str, str] | None = None) -> str:
+    """With `holders` (several replicas on PostgreSQL), the replica holding each cohort's lease ends its line."""
     if not records:
         return "No cohorts synced yet."
     rows = status_rows(records)
     width = max(len(r["id"]) for r in rows)
-    out = [f"{'cohort':<{width}}  {'synced':>10}  {'status':<10}  last run"]
+    out = [f"{'cohort':<{width}}  {'synced':>10}  {'status':<10}  {'last run':<19}" + ("  held by" if holders else "")]
     for r in rows:
-        out.append(f"{r['id']:<{width}}  {r['synced']:>10,}  {r['last_status'] or '-':<10}  {r['last_run']}")
+        held = f"  {holders.get(r['id']) or '-'}" if holders else ""
+        out.append(f"{r['id']:<{width}}  {r['synced']:>10,}  {r['last_status'] or '-':<10}  {r['last_run']:<19}{held}")
         if r["last_error"]:
             out.append(f"{'':<{width}}  {r['last_error']}")
         if r["unconfirmed"]:
@@ -155,8 +157,12 @@ def status_text(records: dict[str, CohortRecord]) -> str:
     return "\n".join(out)
 
 
-def status_json(records: dict[str, CohortRecord]) -> str:
-    return json.dumps({"format_version": FORMAT_VERSION, "cohorts": status_rows(records)}, indent=2, ensure_ascii=False)
+def status_json(records: dict[str, CohortRecord], holders: dict[str, str] | None = None,
+                replicas: list[dict[str, Any]] | None = None) -> str:
+    """`holder` per cohort and the live `replicas` when the state is shared (null and [] otherwise)."""
+    rows = [{**row, "holder": (holders or {}).get(row["id"])} for row in status_rows(records)]
+    return json.dumps({"format_version": FORMAT_VERSION, "cohorts": rows, "replicas": replicas or []}, indent=2,
+                      ensure_ascii=False)
 
 
 def history_text(runs: list[RunRecord]) -> str:

@@ -289,6 +289,9 @@ class DaemonSettings:
     webhook_secret: Secret = setting("", SECRET, "COHORTSYNC_WEBHOOK_SECRET",
                                      "GitHub webhook secret (`X-Hub-Signature-256`)")
     git_pull: bool = setting(False, FLAG, "COHORTSYNC_GIT_PULL", "`git pull --ff-only` before a triggered reconcile")
+    lease_time: float = setting("30s", DURATION, "COHORTSYNC_LEASE_TIME",
+                                "how long a lease on the state (SQLite) or on a cohort (PostgreSQL) lives unless "
+                                "renewed; renewed every third of it, taken over once it expires")
     resync: float | None = setting(None, DURATION, "COHORTSYNC_RESYNC",
                                    "resync every cohort this often (a spec's `resync` wins); unset: never")
 

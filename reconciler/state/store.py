@@ -23,6 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.sources.cursors import streaming_cursor
 from reconciler.common.errors import StateError, short_message
+from reconciler.state import fencing
+from reconciler.state.fencing import Fence
 from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.sources.ordering import OutOfOrder, checked
 
@@ -116,13 +118,24 @@ changelog = sa.Table(  # one row per settled batch: who entered or left, when, i
     sa.Column("count", sa.Integer, nullable=False),
     sa.Column("uids", sa.LargeBinary, nullable=False),  # ascending, newline-joined (as cs_batches); empty: count only
 )
-leases = sa.Table(
+LEASE_NAME_LENGTH = 255  # "cohort:" and a sync_key
+leases = sa.Table(  # the writer lease (SQLite), and on PostgreSQL one per cohort and one per replica: leases.py
     "cs_leases", metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(LEASE_NAME_LENGTH), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),  # "" when free
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # epoch seconds by the database's clock
+    sa.Column("token", sa.BigInteger, nullable=False, default=0),  # grows with every new holder: the fence
+    sa.Column("busy", sa.Boolean, nullable=False, default=False),  # the holder is reconciling it now
+    sa.Column("wanted", sa.Text),  # reasons another process asked the holder to reconcile it (a forwarded trigger)
+)
+rate_slots = sa.Table(  # the shared rate budget's places, per MoEngage account: budget.py
+    "cs_rate_slots", metadata,
+    sa.Column("account", sa.String(255), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("stamp", sa.Float),  # when its last request's answer came (database clock); null while in flight
+    sa.Column("taken_at", sa.Float),  # when it was taken for the request in flight
 )
 
 def _add_column(table: str, column: str, ddl: str) -> Callable[[sa.Connection], None]:
@@ -147,7 +160,11 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     3: [_add_column("cs_runs", "unconfirmed", "BIGINT NOT NULL DEFAULT 0"),  # and the cs_batches table
         _widen("cs_cohorts", "id", KEY_LENGTH), _widen("cs_members", "cohort_id", KEY_LENGTH),
         _widen("cs_runs", "cohort_id", KEY_LENGTH)],
-    4: [],  # the cs_changelog table
+    # the cs_changelog table (made by create_all), and per-cohort leases with fencing tokens (and the
+    # cs_rate_slots table); each step looks before it acts, so it may run under another number
+    4: [_add_column("cs_leases", "token", "BIGINT NOT NULL DEFAULT 0"),
+        _add_column("cs_leases", "busy", "BOOLEAN NOT NULL DEFAULT FALSE"),
+        _add_column("cs_leases", "wanted", "TEXT"), _widen("cs_leases", "name", LEASE_NAME_LENGTH)],
 }
 UNKNOWN = "unknown"  # a pending batch's action once only its taken-over uids remain uncertain
 
@@ -405,13 +422,14 @@ class StateStore:
 
     # --- writes ------------------------------------------------------------------------
     def begin_batch(self, cohort_id: str, name: str, description: str | None, action: str, uids: list[str],
-                    run_id: str | None = None, *, take_over: bool = False) -> int:
+                    run_id: str | None = None, *, take_over: bool = False, fence: Fence | None = None) -> int:
         """Write a batch down as pending before it is sent; returns its id for settling.
 
         With `take_over` (the plan re-sends uncertain uids), the uids this batch re-sends leave
         the older pending batches in the same transaction: a uid is pending in one batch at most.
         """
         with self._begin() as conn:
+            fencing.check(conn, leases, fence)
             self._ensure_cohort(conn, cohort_id, name, description)
             carried = self._take_over(conn, cohort_id, set(uids)) if take_over else []
             batch_id = conn.execute(batches.insert().values(
@@ -433,14 +451,16 @@ class StateStore:
 
     def settle_batch(self, batch_id: int, cohort_id: str, action: str, uids: list[str], *,
                      remaining: list[str] | None = None, write_members: bool = True,
-                     note: ChangeNote | None = None) -> None:
+                     note: ChangeNote | None = None, fence: Fence | None = None) -> None:
         """A 200 for `uids` (the whole batch, or one part of a split one): members, the pending
-        record and the changelog (with `note`) change together, in one transaction.
+        record and the changelog (with `note`) change together, in one transaction; with a
+        `fence`, only while the cohort's lease is still this writer's.
 
         `write_members` is False for a re-sent batch whose uids the members table already has
         right (a re-add of a member, a re-remove of a non-member): only the pending record goes.
         """
         with self._begin() as conn:
+            fencing.check(conn, leases, fence)
             if note is not None and uids:
                 conn.execute(changelog.insert().values(
                     cohort_id=cohort_id, action=action, kind=note.kind, run_id=note.run_id, at=time.time(),
@@ -458,12 +478,13 @@ class StateStore:
                 conn.execute(batches.delete().where(batches.c.id == batch_id))
             _bump_state_version(conn)
 
-    def refuse_batch(self, batch_id: int) -> None:
+    def refuse_batch(self, batch_id: int, fence: Fence | None = None) -> None:
         """A definite refusal (400, 401, 403, 413, 415, 429): MoEngage did not apply the batch.
 
         The uids it had taken over from older unanswered batches stay uncertain.
         """
         with self._begin() as conn:
+            fencing.check(conn, leases, fence)
             row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).first()
             if row is None:
                 return
@@ -507,6 +528,7 @@ class StateStore:
     def record_outcome(
         self, cohort_id: str, name: str, description: str | None, *, status: str, error: str | None = None,
         spec_digest: str | None = None, source_digest: str | None = None, converged: bool = False,
+        fence: Fence | None = None,
     ) -> None:
         """The end of a cohort's run: its status, and the digests it converged on."""
         now = time.time()
@@ -516,16 +538,19 @@ class StateStore:
             values.update(spec_digest=spec_digest, source_digest=source_digest, last_success_at=now, name=name,
                           description=description)
         with self._begin() as conn:
+            fencing.check(conn, leases, fence)
             self._ensure_cohort(conn, cohort_id, name, description)
             conn.execute(cohorts.update().where(cohorts.c.id == cohort_id).values(**values))
 
-    def record_run(self, run: RunRecord) -> None:
+    def record_run(self, run: RunRecord, fence: Fence | None = None) -> None:
         with self._begin() as conn:
+            fencing.check(conn, leases, fence)
             conn.execute(runs.insert().values(**{**vars(run), "status": str(run.status)}))
 
-    def forget(self, cohort_id: str) -> None:
+    def forget(self, cohort_id: str, fence: Fence | None = None) -> None:
         """Drop an emptied orphan's record once nothing of it remains in MoEngage."""
         with self._begin() as conn:
+            fencing.check(conn, leases, fence)
             conn.execute(members.delete().where(members.c.cohort_id == cohort_id))
             conn.execute(batches.delete().where(batches.c.cohort_id == cohort_id))
             conn.execute(cohorts.delete().where(cohorts.c.id == cohort_id))

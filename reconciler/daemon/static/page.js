@@ -166,8 +166,14 @@
     } else if (leases && typeof leases === "object") {
       sub = Object.entries(leases).map(([k, v]) => `${k} → ${typeof v === "object" ? (v.holder ?? JSON.stringify(v)) : v}`).join(", ");
     }
-    if (Array.isArray(s.replicas)) sub = `${s.replicas.length} replica(s)${sub ? " · " + sub : ""}`;
-    return tile("Replica", String(name), sub ? `Leases: ${sub}` : null, "info");
+    const leased = sub ? `Leases: ${sub}` : "";
+    if (Array.isArray(s.replicas)) {
+      const each = s.replicas.map((r) => (typeof r === "object" && r
+        ? `${r.id ?? r.holder ?? "?"}: ${fmt(Number(r.cohorts) || 0)} cohort(s)` : String(r))).join(", ");
+      return tile("Replica", String(name), [`${s.replicas.length} replica(s)${each ? " · " + each : ""}`, leased]
+        .filter(Boolean).join(" · "), "info");
+    }
+    return tile("Replica", String(name), leased || null, "info");
   }
   function renderHealth(s, rows) {
     const ready = s.ready || { ok: true, reason: "" };
