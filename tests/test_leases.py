@@ -117,3 +117,19 @@ def test_sqlite_keeps_one_writer_and_says_so_to_a_second_run(tmp_path):
     with pytest.raises(LeaseHeld, match="SQLite allows one writer.*PostgreSQL"):
         Lease(store, "run").acquire()
     store.close()
+
+
+def test_a_lost_lease_reaches_every_listener_and_a_failing_one_harms_nothing(caplog):
+    """The daemon's alerts hear of a lost lease through leases.listening_for_lost; a listener that
+    fails is logged, never raised into the state write that found the loss."""
+    from reconciler.state import leases as lease_module
+    heard: list[tuple[str, str, str]] = []
+
+    def broken(*_: str) -> None:
+        raise RuntimeError("the alert target is down")
+
+    with lease_module.listening_for_lost(lambda *args: heard.append(args)), lease_module.listening_for_lost(broken):
+        lease_module.lease_lost("cohort:big", "replica-1", "taken over by replica-2")
+    lease_module.lease_lost("cohort:big", "replica-1", "after the block: heard by nobody")
+    assert heard == [("cohort:big", "replica-1", "taken over by replica-2")]
+    assert "lease_lost listener failed: the alert target is down" in caplog.text
