@@ -132,21 +132,34 @@ def held(state: StateStore, role: str, ttl: float = DEFAULT_TTL) -> Iterator[Lea
     """Hold the writer lease for the block, renewing it in the background."""
     lease = Lease(state, role, ttl=ttl)
     lease.acquire()
+    with renewing(ttl, lease.renew, lease.release):
+        yield lease
+
+
+@contextmanager
+def renewing(ttl: float, renew: Callable[[], object], release: Callable[[], None]) -> Iterator[None]:
+    """Renew a lease every third of its life while in the block (a thread of its own), release it at the end.
+
+    `renew` answers False when the lease went to another writer; a StateError from it is logged
+    and the next renewal may still succeed before the lease expires."""
     done = threading.Event()
 
-    def renew() -> None:
+    def loop() -> None:
         while not done.wait(ttl / 3):
-            if not lease.renew():
-                log.error("lost the state lease to another writer")
+            try:
+                if renew() is False:
+                    log.error("lost the state lease to another writer")
+            except StateError as exc:
+                log.warning("could not renew the leases: %s", exc)
 
-    thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+    thread = threading.Thread(target=loop, name="lease-renewal", daemon=True)
     thread.start()
     try:
-        yield lease
+        yield
     finally:
         done.set()
         thread.join(timeout=5)
-        lease.release()
+        release()
 
 
 LostListener = Callable[[str, str, str], None]  # (lease name, holder, why)
@@ -411,23 +424,8 @@ def held_cohorts(state: StateStore, role: str, keys: set[str], ttl: float = DEFA
     background, given back at the end; LeaseHeld naming the holder of one it cannot take."""
     cohort_leases = CohortLeases(state, role, ttl)
     cohort_leases.take(keys)
-    done = threading.Event()
-
-    def renew() -> None:
-        while not done.wait(ttl / 3):
-            try:
-                cohort_leases.renew()
-            except StateError as exc:
-                log.warning("could not renew the leases: %s", exc)
-
-    thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
-    thread.start()
-    try:
+    with renewing(ttl, cohort_leases.renew, lambda: cohort_leases.release(cohort_leases.held())):
         yield cohort_leases
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        cohort_leases.release(cohort_leases.held())
 
 
 def lease_table(state: StateStore) -> list[LeaseRow]:
