@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from tests.helpers import Repo
 
 if TYPE_CHECKING:
     from reconciler.state.store import StateStore
+    from tests.daemon_process import DaemonProcess
 
 WORKSPACE = "WS_TEST_1234"
 API_KEY = "key-s3cr3t-DO-NOT-LOG"
@@ -131,3 +133,31 @@ def state(state_url: str) -> Iterator["StateStore"]:
     store = StateStore.open(state_url)
     yield store
     store.close()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The test credentials, in this process's environment and as a mapping for child processes."""
+    values = {"TEST_WS": WORKSPACE, "TEST_KEY": API_KEY}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+@pytest.fixture
+def daemons(tmp_path, env: dict[str, str]) -> Iterator[Callable[..., "DaemonProcess"]]:
+    """A factory: daemons(repo, **environment) -> a running `cohortsync run` process, each with its own log;
+    any still running at the end is killed (a paused one is resumed first, so that it can die)."""
+    from tests.daemon_process import DaemonProcess
+    started: list[DaemonProcess] = []
+
+    def start(repo: Repo, **extra: str) -> DaemonProcess:
+        d = DaemonProcess(repo.config, tmp_path / f"daemon{len(started)}.log", env={**env, **extra})
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGCONT)
+            d.stop(signal.SIGKILL)

@@ -12,33 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.cli.main import main
 from tests.conftest import API_KEY, WORKSPACE
-from tests.daemon_process import TOKEN, DaemonProcess, eventually
+from tests.daemon_process import TOKEN, eventually
 from tests.helpers import Repo, warehouse
 
 USERS = [f"u{i:04d}" for i in range(1, 2001)]
-
-
-@pytest.fixture
-def env(monkeypatch) -> dict[str, str]:
-    values = {"TEST_WS": WORKSPACE, "TEST_KEY": API_KEY}
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
-
-
-@pytest.fixture
-def daemons(tmp_path, env):
-    started: list[DaemonProcess] = []
-
-    def start(repo: Repo, **extra: str) -> DaemonProcess:
-        d = DaemonProcess(repo.config, tmp_path / f"daemon{len(started)}.log", env={**env, **extra})
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.stop(signal.SIGKILL)
 
 
 def runs_of(repo: Repo, capsys, cohort: str) -> int:

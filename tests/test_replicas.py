@@ -13,7 +13,7 @@ import pytest
 
 from reconciler.cli.main import main
 from tests.conftest import API_KEY, WORKSPACE
-from tests.daemon_process import DaemonProcess, eventually
+from tests.daemon_process import eventually
 from tests.helpers import Repo, warehouse
 
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("replicas")]
@@ -28,27 +28,9 @@ def uids(n: int, start: int = 0) -> list[str]:
 
 
 @pytest.fixture
-def env(monkeypatch) -> dict[str, str]:
-    values = {"TEST_WS": WORKSPACE, "TEST_KEY": API_KEY}
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
-
-
-@pytest.fixture
-def daemons(tmp_path, env):
-    started: list[DaemonProcess] = []
-
-    def start(repo: Repo, **extra: str) -> DaemonProcess:
-        d = DaemonProcess(repo.config, tmp_path / f"daemon{len(started)}.log", env={**env, **EXTRA, **extra})
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGCONT)
-            d.stop(signal.SIGKILL)
+def daemons(daemons):
+    """conftest's daemons, with the short lease and the long timers these tests need."""
+    return lambda repo, **extra: daemons(repo, **{**EXTRA, **extra})
 
 
 def converged(emulator, desired: dict[str, list[str]]) -> bool:
