@@ -58,7 +58,8 @@ def main() -> int:
 
 def timed(url: str, adds: list[str], removes: list[str], size: int, *, pending: bool,
           changelog: bool = False) -> float:
-    from reconciler.state.store import ChangeNote, StateStore
+    from reconciler.state.records import ChangeNote, Cohort
+    from reconciler.state.store import StateStore
     note = ChangeNote("bench", "d" * 64) if changelog else None
     state = StateStore.open(url)
     start = time.perf_counter()
@@ -66,25 +67,26 @@ def timed(url: str, adds: list[str], removes: list[str], size: int, *, pending: 
         for i in range(0, len(uids), BATCH):
             batch = uids[i:i + BATCH]
             if pending:
-                batch_id = state.begin_batch("big", ".Big", None, action, batch, "bench")
+                batch_id = state.begin_batch(Cohort("big", ".Big", None), action, batch, "bench")
                 state.settle_batch(batch_id, "big", action, batch, note=note)
             else:
-                state.commit_batch("big", ".Big", None, action, batch)
+                state.commit_batch(Cohort("big", ".Big", None), action, batch)
     seconds = time.perf_counter() - start
     assert state.count_members("big") == size - len(removes) + len(adds) and not state.pending("big")
-    assert sum(1 for _ in state.changelog()) == (-(-len(adds) // BATCH) - (-len(removes) // BATCH) if changelog else 0)
+    assert sum(1 for _ in state.changelog.entries()) == (-(-len(adds) // BATCH) - (-len(removes) // BATCH) if changelog else 0)
     state.close()
     return seconds
 
 
 def naive(url: str, uids: list[str]) -> float:
     """Seconds per change, one transaction per uid (re-adding then removing what was removed)."""
+    from reconciler.state.records import Cohort
     from reconciler.state.store import StateStore
     state = StateStore.open(url)
     start = time.perf_counter()
     for action in ("add_members", "remove_members"):
         for uid in uids:
-            state.commit_batch("big", ".Big", None, action, [uid])
+            state.commit_batch(Cohort("big", ".Big", None), action, [uid])
     per_row = (time.perf_counter() - start) / (2 * len(uids))
     state.close()
     return per_row

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import time
 
-from reconciler.state.store import ChangeNote, StateStore
+from reconciler.state.records import ChangeNote, Cohort
+
+from reconciler.state.store import StateStore
 from tests.helpers import Repo, synced
 
 USERS = [f"u{i:03d}" for i in range(100)]
@@ -47,7 +49,7 @@ def test_members_follows_a_uid_through_an_add_a_remove_and_a_resync(repo: Repo, 
 def replayed(state: StateStore, cohort: str) -> set[str]:
     """The members as the changelog's member-writing entries leave them."""
     members: set[str] = set()
-    for entry in state.changelog([cohort]):
+    for entry in state.changelog.entries([cohort]):
         if entry.kind.endswith("change"):
             (members.update if entry.action == "add_members" else members.difference_update)(entry.uids)
     return members
@@ -84,13 +86,13 @@ def test_without_a_changelog_nothing_is_logged_and_resync_can_only_re_add(tmp_pa
 
 def test_the_changelog_is_pruned_in_small_steps(state: StateStore):
     for i in range(5):
-        batch = state.begin_batch("c", ".c", None, "add_members", [f"u{i}"], "r1")
+        batch = state.begin_batch(Cohort("c", ".c", None), "add_members", [f"u{i}"], "r1")
         state.settle_batch(batch, "c", "add_members", [f"u{i}"], note=ChangeNote("r1", "d" * 64))
-    assert [e.uids for e in state.changes_of("u3")] == [["u3"]]
-    assert state.prune_changelog(time.time() + 1, limit=2) == 2
-    assert state.prune_changelog(time.time() + 1, limit=2) == 2
-    assert state.prune_changelog(time.time() - 3600, limit=2) == 0  # nothing older than an hour
-    assert len(list(state.changelog())) == 1
+    assert [e.uids for e in state.changelog.changes_of("u3")] == [["u3"]]
+    assert state.changelog.prune(time.time() + 1, limit=2) == 2
+    assert state.changelog.prune(time.time() + 1, limit=2) == 2
+    assert state.changelog.prune(time.time() - 3600, limit=2) == 0  # nothing older than an hour
+    assert len(list(state.changelog.entries())) == 1
 
 
 def test_each_workspace_has_its_own_changelog_and_resync(tmp_path, start_emulator, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from reconciler.moengage.batching import Envelope, pack
-from reconciler.moengage.client import MoEngageClient, retry_after
+from reconciler.moengage.client import MAX_THROTTLED, MoEngageClient, Retries, backoff, retry_after
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
 from reconciler.common.errors import ApiError, CohortApiError, FatalApiError, Interrupted, TemporaryApiError
 from reconciler.settings.model import MoEngageSettings, RateLimit, Secret
@@ -96,11 +96,23 @@ def test_timeout_is_retried_then_fails(start_emulator):
 
 def test_backoff_doubles_up_to_backoff_max_with_equal_jitter():
     """The README and the settings say "equal jitter": each wait is drawn between half its cap and the cap."""
-    settings = MoEngageSettings(backoff_base=0.5, backoff_max=3.0)
-    with MoEngageClient(settings, rng=random.Random(7)) as client:
-        for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)]:
-            waits = [client._backoff(attempt) for _ in range(200)]
-            assert cap / 2 <= min(waits) < cap * 0.55 and cap * 0.95 < max(waits) <= cap, attempt
+    settings, rng = MoEngageSettings(backoff_base=0.5, backoff_max=3.0), random.Random(7)
+    for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)]:
+        waits = [backoff(settings, attempt, rng) for _ in range(200)]
+        assert cap / 2 <= min(waits) < cap * 0.55 and cap * 0.95 < max(waits) <= cap, attempt
+
+
+def test_retries_wait_out_429s_apart_from_the_retry_budget():
+    """One retry policy for every API asked: 429s are waited out (MAX_THROTTLED at most, Retry-After when
+    sent), other temporary failures back off up to max_retries; then the error ends the request."""
+    retries = Retries(MoEngageSettings(max_retries=2, backoff_base=0.5, backoff_max=3.0), random.Random(1))
+    throttled, failed = TemporaryApiError("slow down", status=429, delay=1.5), TemporaryApiError("boom", status=503)
+    assert [retries.delay(throttled) for _ in range(3)] == [1.5, 1.5, 1.5]  # the server's Retry-After
+    first, second = retries.delay(failed), retries.delay(failed)
+    assert 0.25 <= first <= 0.5 and 0.5 <= second <= 1.0 and retries.delay(failed) is None
+    assert retries.delay(throttled) == 1.5  # 429s never spend the retry budget
+    retries.throttled = MAX_THROTTLED
+    assert retries.delay(throttled) is None
 
 
 def test_a_shutdown_cuts_a_backoff_short(start_emulator):

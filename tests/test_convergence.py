@@ -46,7 +46,7 @@ def test_random_rounds_converge(tmp_path, emulator):
         def apply(self) -> None:
             state = StateStore.open(self.settings.state_url)
             client = MoEngageClient(dataclasses.replace(self.settings.moengage, backoff_base=0.01))
-            reconciler = Reconciler(self.settings, state, client)
+            reconciler = Reconciler(self.settings, state, clients={"default": client})
             try:
                 report = reconciler.apply(reconciler.load())
             finally:

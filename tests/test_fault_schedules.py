@@ -28,9 +28,11 @@ from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer
 from reconciler.emulator.store import SegmentStore
 from reconciler.moengage.client import MoEngageClient
 from reconciler.running.reconciling import Reconciler
+from reconciler.running.selection import RunOptions
 from reconciler.settings.config import load_settings
 from reconciler.settings.model import RateLimit
-from reconciler.state.store import StateStore, metadata
+from reconciler.state.schema import metadata
+from reconciler.state.store import StateStore
 
 UNIVERSE = [f"u{i:02d}" for i in range(40)]
 COHORTS = {"m": "mirror", "a": "add_only"}
@@ -100,9 +102,9 @@ class FaultSchedules(RuleBasedStateMachine):
             settings_.moengage, backoff_base=0.001, backoff_max=0.002, max_payload_bytes=PAYLOAD))
         state = StateStore.open(self.state_url)
         client = MoEngageClient(settings_.moengage, session=FaultySession(fault, at))
-        reconciler = Reconciler(settings_, state, client)
+        reconciler = Reconciler(settings_, state, clients={"default": client})
         try:
-            return reconciler.apply(reconciler.load(), force=True, resync=resync).ok
+            return reconciler.apply(reconciler.load(), options=RunOptions(force=True, resync=resync)).ok
         except Killed:
             return False
         finally:
@@ -138,7 +140,7 @@ class FaultSchedules(RuleBasedStateMachine):
         fault-free resync repairs it."""
         state = StateStore.open(self.state_url)
         try:
-            left = {u for entry in state.changelog(["m"], action="remove_members") for u in entry.uids}
+            left = {u for entry in state.changelog.entries(["m"], action="remove_members") for u in entry.uids}
         finally:
             state.close()
         self.server.emulator.store.edit("m", "remove_members", sorted(gone))
@@ -152,7 +154,7 @@ class FaultSchedules(RuleBasedStateMachine):
         try:
             for cid in COHORTS:
                 members: set[str] = set()
-                for entry in state.changelog([cid]):
+                for entry in state.changelog.entries([cid]):
                     if entry.kind.endswith("change"):
                         (members.update if entry.action == "add_members" else members.difference_update)(entry.uids)
                 assert members == {u for chunk in state.synced_chunks(cid) for u in chunk}, cid

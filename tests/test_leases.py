@@ -9,8 +9,10 @@ import pytest
 from reconciler.common.errors import LeaseHeld, LeaseLost
 from reconciler.settings.model import RateLimit
 from reconciler.state.budget import SharedBudget
-from reconciler.state.leases import CohortLeases, Lease
+from reconciler.state.cohortleases import CohortLeases
+from reconciler.state.leases import Lease
 from reconciler.state.store import StateStore
+from reconciler.state.records import Cohort, Ending
 
 pytestmark = pytest.mark.postgres  # but the last test: SQLite
 
@@ -39,13 +41,13 @@ def test_a_write_under_a_lost_lease_raises_and_writes_nothing(pg):
     a, b = CohortLeases(pg, "run", ttl=0.5), CohortLeases(pg, "run", ttl=5.0)
     a.claim({"beta"}, 1)
     fence = a.fence("beta")
-    batch = pg.begin_batch("beta", ".beta", None, "add_members", ["u1", "u2"], fence=fence)
+    batch = pg.begin_batch(Cohort("beta", ".beta", None), "add_members", ["u1", "u2"], fence=fence)
     time.sleep(0.6)
     assert b.claim({"beta"}, 1) == ["beta"]
     with pytest.raises(LeaseLost):
         pg.settle_batch(batch, "beta", "add_members", ["u1", "u2"], fence=fence)
     with pytest.raises(LeaseLost):
-        pg.record_outcome("beta", ".beta", None, status="converged", converged=True, fence=fence)
+        pg.record_outcome(Cohort("beta", ".beta", None), Ending(status="converged", converged=True), fence=fence)
     assert pg.count_members("beta") == 0 and pg.cohort("beta").unconfirmed == 2  # left for the new holder
     pg.settle_batch(batch, "beta", "add_members", ["u1", "u2"], fence=b.fence("beta"))
     assert pg.count_members("beta") == 2
@@ -56,9 +58,9 @@ def test_an_expired_lease_nobody_took_fences_writes_until_renewed(pg):
     a.claim({"beta"}, 1)
     time.sleep(0.4)
     with pytest.raises(LeaseLost):
-        pg.record_outcome("beta", ".beta", None, status="converged", fence=a.fence("beta"))
+        pg.record_outcome(Cohort("beta", ".beta", None), Ending(status="converged"), fence=a.fence("beta"))
     assert a.renew() == [] and a.held() == {"beta"}  # nobody wrote meanwhile: the same token goes on
-    pg.record_outcome("beta", ".beta", None, status="converged", fence=a.fence("beta"))
+    pg.record_outcome(Cohort("beta", ".beta", None), Ending(status="converged"), fence=a.fence("beta"))
     with pytest.raises(LeaseLost):
         time.sleep(0.3)
         a.fence("beta").check_local()  # the holder's own clock stops it sending before the database would

@@ -21,7 +21,7 @@ from reconciler.running.applying import CohortOutcome
 from reconciler.running.reconciling import RunReport
 from reconciler.settings.config import load_settings
 from reconciler.settings.model import AlertingSettings, NotifyTarget, Secret
-from reconciler.state.store import CohortRecord
+from reconciler.state.records import CohortRecord
 from tests.daemon_process import DaemonProcess, eventually
 from tests.helpers import Repo
 from tests.receiver import Receiver

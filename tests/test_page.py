@@ -29,7 +29,8 @@ from reconciler.emulator.process import EmulatorProcess
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
 from reconciler.settings.model import RateLimit
 from reconciler.specs.cohorts import SpecSet
-from reconciler.state.store import CohortRecord, RunRecord, StateStore
+from reconciler.state.records import Cohort, CohortRecord, RunRecord, Ending
+from reconciler.state.store import StateStore
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import TOKEN, DaemonProcess, eventually
 from tests.helpers import Repo, warehouse
@@ -75,7 +76,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     repo.spec("sqlc.yaml", "id: sqlc\nname: .SQL cohort\nschedule: 1h\n"
                            "source: {connection: wh, sql: SELECT uid FROM t ORDER BY uid}\n")
     legacy = StateStore.open(f"sqlite:///{root / 'state.db'}")  # a record no spec declares, with a name never checked
-    legacy.record_outcome("legacy", HOSTILE_NAME, None, status="converged", converged=True)
+    legacy.record_outcome(Cohort("legacy", HOSTILE_NAME, None), Ending(status="converged", converged=True))
     legacy.close()
     daemon = DaemonProcess(repo.config, root / "daemon.log", env={"TEST_WS": WORKSPACE, "TEST_KEY": API_KEY})
     site = Site(daemon, emulator, repo, engine)
@@ -189,6 +190,17 @@ def test_status_document_without_specs_or_timers() -> None:
     assert doc["cohorts"][0]["next_run_in"] == 60.0 and doc["cohorts"][0]["synced"] == 4
     assert doc["rate"] == {"limit": "10/2s", "requests": 10, "window": 2.0, "in_use": 3}
     assert doc["ready"] == {"ok": False, "reason": "specs not loaded yet"} and doc["running"] is None
+
+
+def test_status_document_shows_every_workspaces_rate() -> None:
+    """`rate` stays the default workspace's; `rates` has one entry per workspace the daemon syncs to."""
+    live = overview.Live(now=1.0, started_at=0.0, cohorts_dir=Path("cohorts"), specs=SpecSet({}, [], {}),
+                         ready=(True, "ok"), rate=RateLimit(300, 60.0), rate_in_use=7,
+                         rates=[("default", RateLimit(300, 60.0), 7), ("eu", RateLimit(100, 60.0), 99)])
+    doc = overview.status_document({}, {}, live)
+    assert doc["rate"]["in_use"] == 7
+    assert doc["rates"] == [{"workspace": "default", "limit": "300/60s", "requests": 300, "window": 60.0, "in_use": 7},
+                            {"workspace": "eu", "limit": "100/60s", "requests": 100, "window": 60.0, "in_use": 99}]
 
 
 def test_last_changes_are_each_cohorts_newest_run_that_sent(state_url: str) -> None:
@@ -481,6 +493,13 @@ def test_fields_other_issues_add_show_when_present_and_an_older_status_still_rea
         tile = browser.execute_script("return document.querySelector(\"[data-tile='replica']\").innerText")
         assert "run-7f3a@host-1" in tile and "cohort:beta → run-7f3a@host-1" in tile
         assert "15 unconfirmed" in browser.execute_script("return document.querySelector(\"[data-tile='members']\").innerText")
+        doc["rates"] = [{"workspace": "default", "limit": "300/60s", "requests": 300, "window": 60.0, "in_use": 30},
+                        {"workspace": "eu", "limit": "100/60s", "requests": 100, "window": 60.0, "in_use": 90}]
+        browser.get(canned.url + "/")
+        eventually(lambda: browser.execute_script("return document.querySelectorAll(\"[data-tile^='rate-budget']\").length") == 2)
+        eu = browser.execute_script("return document.querySelector(\"[data-tile='rate-budget-eu']\").innerText")
+        assert "90 / 100" in eu and browser.execute_script(
+            "return document.querySelector(\"[data-tile='rate-budget-eu'] .meter\").classList.contains('hot')")
         old = ("id", "name", "synced", "converged", "last_status", "last_run", "last_success", "last_error", "next_run_in")
         canned.document = {"format_version": 1, "last_run": {}, "queue_pending": False,
                            "cohorts": [{k: r[k] for k in old} for r in doc["cohorts"]]}

@@ -10,7 +10,10 @@ import pytest
 
 from reconciler.common.errors import StateError
 from reconciler.planning.readahead import InProcess, ReadAhead, shareable, synced_members
-from reconciler.state.store import READ_ROWS, StateStore, make_engine, members
+from reconciler.state.database import make_engine
+from reconciler.state.schema import members
+from reconciler.state.store import READ_ROWS, StateStore
+from reconciler.state.records import Cohort
 from tests.daemon_process import eventually
 
 UIDS = sorted({f"u{i:07d}" for i in range(0, 2 * READ_ROWS + 123, 1)} | {"é", "中", "😀", "a b"})
@@ -19,7 +22,7 @@ UIDS = sorted({f"u{i:07d}" for i in range(0, 2 * READ_ROWS + 123, 1)} | {"é", "
 @pytest.fixture
 def state(state_url):
     store = StateStore.open(state_url)
-    store.commit_batch("big", ".Big", None, "add_members", UIDS)
+    store.commit_batch(Cohort("big", ".Big", None), "add_members", UIDS)
     yield store
     store.close()
 
@@ -109,7 +112,7 @@ def test_a_helper_reads_when_the_path_says_so_and_this_process_otherwise(state):
 
 def test_an_in_memory_database_cannot_be_shared_with_a_helper(state):
     store = StateStore.open("sqlite://")
-    store.commit_batch("c", ".C", None, "add_members", ["b", "a"])
+    store.commit_batch(Cohort("c", ".C", None), "add_members", ["b", "a"])
     assert not shareable(store) and shareable(state)
     store.close()
 

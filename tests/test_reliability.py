@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from reconciler.moengage.batching import Envelope, pack
-from reconciler.state.store import StateStore, cohorts, members, runs
+from reconciler.state.schema import cohorts, members, runs
+from reconciler.state.store import StateStore
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import TOKEN, DaemonProcess, eventually
 from tests.helpers import Repo, synced, warehouse

@@ -11,7 +11,8 @@ from reconciler.planning.diffs import Tally
 from reconciler.planning.resync import resync_diff
 from reconciler.settings.model import Settings
 from reconciler.specs.cohorts import CohortSpec, SourceSpec, SpecSet
-from reconciler.state.store import RunRecord, StateStore
+from reconciler.state.records import RunRecord
+from reconciler.state.store import StateStore
 from tests.helpers import Repo
 
 

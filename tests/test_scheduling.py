@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from reconciler.daemon.scheduling import CHUNK, Scheduler
-from reconciler.state.store import split_key
+from reconciler.state.keys import split_key
 
 
 def scheduler() -> Scheduler:

@@ -10,19 +10,20 @@ import sqlalchemy as sa
 from reconciler.common.errors import StateError
 from reconciler.state.checking import check_state
 from reconciler.state.copying import copy_state, digest
-from reconciler.state.store import ChangeNote, RunRecord, StateStore, synced_in_order
+from reconciler.state.records import ChangeNote, Cohort, RunRecord, Ending
+from reconciler.state.store import StateStore, synced_in_order
 from tests.helpers import Repo, synced
 
 
 def busy_state(url: str) -> StateStore:
     """A state with every table in use: members, a pending batch, runs, changelog, meta."""
     state = StateStore.open(url)
-    state.commit_batch("beta", ".beta", "d", "add_members", ["a", "b\\slash", "c", "é"])
-    batch = state.begin_batch("beta", ".beta", "d", "add_members", ["x", "y"], "r1")
+    state.commit_batch(Cohort("beta", ".beta", "d"), "add_members", ["a", "b\\slash", "c", "é"])
+    batch = state.begin_batch(Cohort("beta", ".beta", "d"), "add_members", ["x", "y"], "r1")
     state.settle_batch(batch, "beta", "add_members", ["x"], remaining=["y"], note=ChangeNote("r1", "s" * 64))
-    state.commit_batch("vip", ".vip", None, "add_members", ["a"])
+    state.commit_batch(Cohort("vip", ".vip", None), "add_members", ["a"])
     state.record_run(RunRecord("r1", "beta", "unconfirmed", time.time(), unconfirmed=1))
-    state.record_outcome("vip", ".vip", None, status="converged", converged=True, spec_digest="s", source_digest="f")
+    state.record_outcome(Cohort("vip", ".vip", None), Ending(status="converged", converged=True, spec_digest="s", source_digest="f"))
     return state
 
 
@@ -55,7 +56,7 @@ def test_copy_to_postgresql_and_back_is_exact(tmp_path, postgres_schema):
 def test_a_target_that_holds_anything_is_refused_unless_forced(tmp_path):
     source = busy_state(f"sqlite:///{tmp_path / 'a.db'}")
     target = StateStore.open(f"sqlite:///{tmp_path / 'b.db'}")
-    target.commit_batch("other", ".other", None, "add_members", ["z"])
+    target.commit_batch(Cohort("other", ".other", None), "add_members", ["z"])
     with pytest.raises(StateError, match="not empty.*--force"):
         copy_state(source, target)
     assert copy_state(source, target, force=True).problems == []
@@ -85,7 +86,7 @@ def test_state_copy_and_check_commands(tmp_path, capsys):
 
 def test_a_pending_batch_older_than_runs_is_no_fault(state: StateStore):
     """Its uids are unconfirmed, not wrong: later runs may come and go until a plan settles them."""
-    state.begin_batch("c", ".c", None, "add_members", ["a"], "r1")
+    state.begin_batch(Cohort("c", ".c", None), "add_members", ["a"], "r1")
     state.record_run(RunRecord("r2", "c", "blocked", time.time() + 60))
     assert check_state(state) == []
 

@@ -12,6 +12,7 @@ import pytest
 
 from reconciler.planning.unconfirmed import Unconfirmed
 from reconciler.state.store import UNKNOWN, StateStore
+from reconciler.state.records import Cohort
 from tests.conftest import API_KEY, WORKSPACE
 from tests.daemon_process import eventually
 from tests.helpers import Repo, synced
@@ -49,7 +50,7 @@ def test_uncertain_uids_are_found_across_ranges_of_the_diff():
 
 # --- the state's contract ---------------------------------------------------------------------
 def test_a_batch_is_pending_until_settled(state):
-    batch = state.begin_batch("c", ".C", None, "add_members", ["a", "b"], "run1")
+    batch = state.begin_batch(Cohort("c", ".C", None), "add_members", ["a", "b"], "run1")
     assert state.cohort("c").unconfirmed == 2 and synced(state, "c") == []
     assert [(p.action, p.uids, p.run_id) for p in state.pending("c")] == [("add_members", ["a", "b"], "run1")]
     state.settle_batch(batch, "c", "add_members", ["a", "b"])
@@ -58,7 +59,7 @@ def test_a_batch_is_pending_until_settled(state):
 
 
 def test_a_split_batch_settles_part_by_part(state):
-    batch = state.begin_batch("c", ".C", None, "add_members", ["a", "b", "c", "d"])
+    batch = state.begin_batch(Cohort("c", ".C", None), "add_members", ["a", "b", "c", "d"])
     state.settle_batch(batch, "c", "add_members", ["a", "b"], remaining=["c", "d"])
     assert synced(state, "c") == ["a", "b"] and state.unconfirmed_uids("c") == ["c", "d"]
     state.settle_batch(batch, "c", "add_members", ["c", "d"])
@@ -66,14 +67,14 @@ def test_a_split_batch_settles_part_by_part(state):
 
 
 def test_a_refused_batch_leaves_nothing_pending(state):
-    batch = state.begin_batch("c", ".C", None, "add_members", ["a"])
+    batch = state.begin_batch(Cohort("c", ".C", None), "add_members", ["a"])
     state.refuse_batch(batch)
     assert state.pending("c") == [] and synced(state, "c") == []
 
 
 def test_a_new_batch_takes_over_uncertain_uids_and_a_refusal_hands_them_back(state):
-    old = state.begin_batch("c", ".C", None, "add_members", ["a", "b", "c"])  # never answered
-    new = state.begin_batch("c", ".C", None, "remove_members", ["b", "z"], take_over=True)
+    old = state.begin_batch(Cohort("c", ".C", None), "add_members", ["a", "b", "c"])  # never answered
+    new = state.begin_batch(Cohort("c", ".C", None), "remove_members", ["b", "z"], take_over=True)
     by_id = {p.id: p for p in state.pending("c")}
     assert by_id[old].uids == ["a", "c"] and by_id[new].uids == ["b", "z"] and by_id[new].carried == ["b"]
     assert state.cohort("c").unconfirmed == 4  # each uid pending once: the sum is exact
@@ -83,16 +84,16 @@ def test_a_new_batch_takes_over_uncertain_uids_and_a_refusal_hands_them_back(sta
 
 
 def test_a_resend_settles_without_touching_members(state):
-    state.commit_batch("c", ".C", None, "add_members", ["a"])
-    state.begin_batch("c", ".C", None, "remove_members", ["a"])  # answer lost
-    again = state.begin_batch("c", ".C", None, "add_members", ["a"], take_over=True)
+    state.commit_batch(Cohort("c", ".C", None), "add_members", ["a"])
+    state.begin_batch(Cohort("c", ".C", None), "remove_members", ["a"])  # answer lost
+    again = state.begin_batch(Cohort("c", ".C", None), "add_members", ["a"], take_over=True)
     state.settle_batch(again, "c", "add_members", ["a"], write_members=False)
     assert synced(state, "c") == ["a"] and state.cohort("c").synced_count == 1 and state.pending("c") == []
 
 
 def test_present_among_and_forget(state):
-    state.commit_batch("c", ".C", None, "add_members", ["a", "b"])
-    state.begin_batch("c", ".C", None, "add_members", ["x"])
+    state.commit_batch(Cohort("c", ".C", None), "add_members", ["a", "b"])
+    state.begin_batch(Cohort("c", ".C", None), "add_members", ["x"])
     assert state.present_among("c", ["a", "x", "q"]) == {"a"}
     state.forget("c")
     assert state.pending("c") == [] and state.cohort("c") is None

@@ -15,7 +15,9 @@ import yaml
 
 from reconciler.common.errors import ConfigError
 from reconciler.settings.config import load_settings
-from reconciler.state.store import SCHEMA_VERSION, StateStore, meta, split_key, sync_key
+from reconciler.state.keys import split_key, sync_key
+from reconciler.state.schema import SCHEMA_VERSION, meta
+from reconciler.state.store import StateStore
 from tests.conftest import API_KEY, WORKSPACE
 from tests.helpers import Repo
 
@@ -183,7 +185,7 @@ def test_the_emulator_keeps_segments_per_workspace(start_emulator, tmp_path):
 
 
 def test_runs_of_a_cohort_are_found_in_every_workspace_and_ids_with_wildcards_match_exactly(tmp_path):
-    from reconciler.state.store import RunRecord
+    from reconciler.state.records import RunRecord
     state = StateStore.open(f"sqlite:///{tmp_path / 's.db'}")
     for key in ("a_b", "live:a_b", "live:aXb", "test:zz"):
         state.record_run(RunRecord("r", key, "converged", started_at=1.0))

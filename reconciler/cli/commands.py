@@ -9,7 +9,7 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -20,10 +20,13 @@ from reconciler.running import render
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.common.errors import CohortSyncError
 from reconciler.common.statuses import Status
-from reconciler.state.leases import COHORT, REPLICA, held, held_cohorts, lease_table
+from reconciler.state.cohortleases import held_cohorts
+from reconciler.state.leases import COHORT, REPLICA, held, lease_table
 from reconciler.planning.plans import BLOCKED, ERROR
 from reconciler.running.progress import Progress, for_terminal
-from reconciler.running.reconciling import Reconciler, RunReport, load_checked, workspaces_of
+from reconciler.running.reconciling import Reconciler, RunReport, load_checked
+from reconciler.running.selection import RunOptions, Selection
+from reconciler.state.fencing import Fence
 from reconciler.settings.model import Settings
 from reconciler.specs.cohorts import SpecSet, missing_sources, spec_warnings
 from reconciler.state.store import StateStore
@@ -53,43 +56,59 @@ def warn(settings: Settings, specs: SpecSet) -> None:
 
 
 @contextmanager
-def reconciler_for(settings: Settings, *, with_client: bool, progress: Progress | None = None) -> Iterator[Reconciler]:
-    """A reconciler on the state; with `with_client`, the default workspace's credentials are checked
-    now (a named workspace's, when its first batch is sent: `check_credentials` checks them up front)."""
-    state = StateStore.open(settings.state_url)
+def reconciler_for(settings: Settings, state: StateStore, *, progress: Progress | None = None,
+                   digest_desired: bool = False,
+                   fences: Callable[[str], Fence | None] | None = None) -> Iterator[Reconciler]:
+    """A reconciler on an open state, closed (its clients and engines) when the block ends."""
     stop = threading.Event()  # set by SIGTERM or Ctrl-C during apply: see stopping_on_signals
-    reconciler = Reconciler(settings, state, stop=stop, progress=progress)
+    reconciler = Reconciler(settings, state, stop=stop, progress=progress, digest_desired=digest_desired,
+                            fences=fences or (lambda key: None))
     try:
         yield reconciler
     finally:
         reconciler.close()
+
+
+@contextmanager
+def opened(settings: Settings) -> Iterator[StateStore]:
+    state = StateStore.open(settings.state_url)
+    try:
+        yield state
+    finally:
         state.close()
 
 
-def check_credentials(settings: Settings, specs: SpecSet, args: argparse.Namespace) -> None:
+def check_credentials(settings: Settings, specs: SpecSet, selection: Selection) -> None:
     """apply needs the credentials of every workspace it may send to, before it sends anything."""
-    require_credentials(settings, workspaces_of(specs, args.cohort, args.workspace))
+    require_credentials(settings, selection.workspaces_of(specs))
 
 
-def _check_selection(specs: SpecSet, reconciler: Reconciler, only: list[str]) -> None:
-    known = set(specs.specs) | specs.broken_ids | {r.cohort for r in reconciler.state.cohorts().values()}
-    unknown = sorted(set(only) - known)
+def _check_selection(settings: Settings, specs: SpecSet, state: StateStore, selection: Selection) -> None:
+    known = set(specs.specs) | specs.broken_ids | {r.cohort for r in state.cohorts().values()}
+    unknown = sorted(selection.cohorts - known)
     if unknown:
-        raise CohortSyncError(f"no cohort with id {', '.join(unknown)} in {reconciler.settings.cohorts_dir} or the state")
+        raise CohortSyncError(f"no cohort with id {', '.join(unknown)} in {settings.cohorts_dir} or the state")
+
+
+def _selected(args: argparse.Namespace) -> tuple[Selection, RunOptions]:
+    """What `plan` and `apply` were asked to cover, and how."""
+    resync = getattr(args, "resync", False)
+    options = RunOptions(force=args.force, prune=args.prune or None, dry_run=getattr(args, "dry_run", False),
+                         resync=resync, trigger="resync" if resync else "cli")
+    return Selection.of(args.cohort, args.workspace), options
 
 
 def plan(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.out and getattr(args, "resync", False):
         raise CohortSyncError("a resync is not saved as a plan: run `apply --resync` after reviewing `plan --resync`")
-    with reconciler_for(settings, with_client=False) as reconciler:
-        specs = reconciler.load()
-        _check_selection(specs, reconciler, args.cohort)
+    selection, options = _selected(args)
+    specs = load_checked(settings)
+    with opened(settings) as state, reconciler_for(settings, state, digest_desired=bool(args.out)) as reconciler:
+        _check_selection(settings, specs, state, selection)
         warn(settings, specs)
-        reconciler.planner.digest_desired = bool(args.out)
-        state_version = reconciler.state.state_version()
-        plans = reconciler.plan(specs, args.cohort, force=args.force, prune=args.prune or None,
-                                workspaces=args.workspace, resync=getattr(args, "resync", False))
+        state_version = state.state_version()
+        plans = reconciler.plan(specs, selection, options)
     if args.out:
         prune = args.prune or settings.prune
         planfiles.write(Path(args.out), plans, state_version=state_version, cohorts=args.cohort, force=args.force,
@@ -115,42 +134,40 @@ def apply(args: argparse.Namespace) -> int:
     if args.plan and getattr(args, "resync", False):
         raise CohortSyncError("a resync is not saved as a plan: drop --plan, or --resync")
     progress = for_terminal(args.quiet or args.format == "json")
-    with reconciler_for(settings, with_client=not args.dry_run, progress=progress) as reconciler:
-        specs = reconciler.load()
-        _check_selection(specs, reconciler, args.cohort)
+    specs = load_checked(settings)
+    saved = planfiles.read(Path(args.plan)) if args.plan else None
+    selection, options = _selected(args)
+    if saved is not None:
+        selection = Selection.of(saved.cohorts, saved.workspaces)
+        options = RunOptions(force=saved.force, prune=saved.prune, dry_run=args.dry_run, expected=saved.fingerprints)
+    with opened(settings) as state:
+        _check_selection(settings, specs, state, selection)
         if not args.dry_run:
-            check_credentials(settings, specs, args)
-        saved = planfiles.read(Path(args.plan)) if args.plan else None
-        only, workspaces = (saved.cohorts, saved.workspaces) if saved else (args.cohort, args.workspace)
-        with nullcontext() if args.dry_run else writing(reconciler, specs, only, workspaces), \
-                stopping_on_signals(reconciler.stop):
-            if args.plan:
-                report = _apply_saved(reconciler, specs, Path(args.plan), args.dry_run)
-            else:
-                report = reconciler.apply(specs, args.cohort, force=args.force, prune=args.prune or None,
-                                          dry_run=args.dry_run, workspaces=args.workspace,
-                                          resync=getattr(args, "resync", False),
-                                          trigger="resync" if getattr(args, "resync", False) else "cli")
+            check_credentials(settings, specs, selection)
+        with nullcontext(None) if args.dry_run else writing(state, settings, specs, selection) as fences, \
+                reconciler_for(settings, state, progress=progress, digest_desired=saved is not None,
+                               fences=fences) as reconciler, stopping_on_signals(reconciler.stop):
+            if saved is not None:
+                _refuse_stale(reconciler, specs, saved, Path(args.plan))
+            report = reconciler.apply(specs, selection, options)
     alert(settings, report)
     print(render.report_json(report) if args.format == "json" else render.report_text(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 @contextmanager
-def writing(reconciler: Reconciler, specs: SpecSet, only: list[str], workspaces: list[str]) -> Iterator[None]:
-    """The right to write: the one writer lease on SQLite; on PostgreSQL the leases of the cohorts this
-    run touches, so that it works beside running replicas (each write fenced by its lease)."""
-    state, ttl = reconciler.state, reconciler.settings.daemon.lease_time
-    if state.engine.dialect.name != "postgresql":
+def writing(state: StateStore, settings: Settings, specs: SpecSet,
+            selection: Selection) -> Iterator[Callable[[str], Fence | None] | None]:
+    """The right to write: the one writer lease on a state with one writer; on a shared state the
+    leases of the cohorts this run touches, so that it works beside running replicas (each write
+    fenced by its lease): yields the fence of each state key then."""
+    ttl = settings.daemon.lease_time
+    if not state.shared:
         with held(state, "apply", ttl=ttl):
-            yield
+            yield None
         return
-    with held_cohorts(state, "apply", reconciler.keys(specs, only, workspaces), ttl) as leases:
-        reconciler.fences = leases.fence
-        try:
-            yield
-        finally:
-            reconciler.fences = lambda key: None
+    with held_cohorts(state, "apply", selection.state_keys(specs, state.cohorts()), ttl) as leases:
+        yield leases.fence
 
 
 @contextmanager
@@ -176,18 +193,15 @@ def stopping_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _apply_saved(reconciler: Reconciler, specs: SpecSet, path: Path, dry_run: bool) -> RunReport:
-    """Apply a saved plan, or refuse it with every reason it no longer holds."""
-    saved = planfiles.read(path)
-    reconciler.planner.digest_desired = True
+def _refuse_stale(reconciler: Reconciler, specs: SpecSet, saved: planfiles.SavedPlan, path: Path) -> None:
+    """A saved plan is applied only while it still holds; otherwise every reason it no longer does."""
     current = reconciler.state.state_version()
-    plans = reconciler.plan(specs, saved.cohorts, force=saved.force, prune=saved.prune, workspaces=saved.workspaces)
+    plans = reconciler.plan(specs, Selection.of(saved.cohorts, saved.workspaces),
+                            RunOptions(force=saved.force, prune=saved.prune))
     reasons = planfiles.moved(saved, current, plans)
     if reasons:
         raise CohortSyncError(f"{path} is stale, nothing was sent: " + "; ".join(reasons)
                               + ". Run `cohortsync plan --out` again and review the new plan.")
-    return reconciler.apply(specs, saved.cohorts, force=saved.force, prune=saved.prune, dry_run=dry_run,
-                            expected=saved.fingerprints, workspaces=saved.workspaces)
 
 
 def status(args: argparse.Namespace) -> int:

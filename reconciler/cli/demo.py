@@ -16,8 +16,9 @@ import random
 import sqlite3
 from pathlib import Path
 
+from reconciler.running.selection import RunOptions
 from reconciler.running import render
-from reconciler.cli.commands import reconciler_for
+from reconciler.cli.commands import opened, reconciler_for
 from reconciler.cli.scaffold import ASSETS, SCHEMAS, copy_tree
 from reconciler.settings.config import load_settings
 from reconciler.emulator.process import EmulatorProcess
@@ -82,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
                          stderr=state_dir / "emulator.log") as emu:
         print(f"MoEngage emulator at {emu.url} (segments in {state_dir / 'emulator.db'})\n")
         settings = demo_settings(settings, emu.url, state_dir)
-        with reconciler_for(settings, with_client=True) as reconciler:
+        with opened(settings) as state, reconciler_for(settings, state) as reconciler:
             specs = reconciler.load()
             plans = reconciler.plan(specs)
             print("== plan\n" + render.plan_text(plans) + "\n")
-            with held(reconciler.state, "demo"):
-                report = reconciler.apply(specs, trigger="demo")
+            with held(state, "demo"):
+                report = reconciler.apply(specs, options=RunOptions(trigger="demo"))
             print("== apply\n" + render.report_text(report) + "\n")
         print("== segments in the emulator")
         for seg in emu.segments().values():

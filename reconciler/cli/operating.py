@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from reconciler.common.actions import Action
 from reconciler.common.errors import CohortSyncError
 from reconciler.notify.events import sample_event
 from reconciler.notify.sending import DeliveryFailed, deliver, label
@@ -19,17 +20,20 @@ from reconciler.settings.config import load_settings
 from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.state.checking import check_state
 from reconciler.state.copying import copy_state
-from reconciler.state.store import ChangeEntry, StateStore, make_engine, split_key
+from reconciler.state.database import make_engine
+from reconciler.state.keys import split_key
+from reconciler.state.records import ChangeEntry
+from reconciler.state.store import StateStore
 
 EXIT_OK, EXIT_FAILED = 0, 1
 SHOWN_UIDS = 20  # uids of one entry printed by `history --members` in text
 EVENTS = {  # (action, kind) -> what it meant for the uid
-    ("add_members", "change"): "entered", ("remove_members", "change"): "left",
-    ("add_members", "resend"): "re-added (its earlier answer was lost)",
-    ("remove_members", "resend"): "re-removed (its earlier answer was lost)",
-    ("add_members", "resync_change"): "entered (resync)", ("remove_members", "resync_change"): "left (resync)",
-    ("add_members", "resync_resend"): "re-added by a resync",
-    ("remove_members", "resync_resend"): "removed by a resync (it had left before)",
+    (Action.ADD, "change"): "entered", (Action.REMOVE, "change"): "left",
+    (Action.ADD, "resend"): "re-added (its earlier answer was lost)",
+    (Action.REMOVE, "resend"): "re-removed (its earlier answer was lost)",
+    (Action.ADD, "resync_change"): "entered (resync)", (Action.REMOVE, "resync_change"): "left (resync)",
+    (Action.ADD, "resync_resend"): "re-added by a resync",
+    (Action.REMOVE, "resync_resend"): "removed by a resync (it had left before)",
 }
 
 
@@ -56,11 +60,11 @@ def timeline(entries: list[ChangeEntry], resyncs: list[ChangeEntry], member_now:
     out = list(entries)
     for resync in resyncs:
         own = by_cohort.get(resync.cohort_id, [])
-        inside = own[0].action == "remove_members" if own else member_now.get(resync.cohort_id, False)
+        inside = own[0].action == Action.REMOVE if own else member_now.get(resync.cohort_id, False)
         for entry in own:
             if entry.id > resync.id:
                 break
-            inside = entry.action == "add_members"
+            inside = entry.action == Action.ADD
         if inside:
             out.append(resync)
     return sorted(out, key=lambda e: e.id)
@@ -72,10 +76,10 @@ def members(args: argparse.Namespace) -> int:
     state = StateStore.open(settings.state_url)
     try:
         keys = [k for k in state.cohorts() if not args.cohort or split_key(k)[1] in args.cohort]
-        entries = state.changes_of(args.uid, sorted(set(keys) | set(args.cohort)) if args.cohort else None)
+        entries = state.changelog.changes_of(args.uid, sorted(set(keys) | set(args.cohort)) if args.cohort else None)
         keys = sorted({e.cohort_id for e in entries} | set(keys))
         member_now = {key: bool(state.present_among(key, [args.uid])) for key in keys}
-        rows = [_row(e) for e in timeline(entries, state.resyncs(keys), member_now)]
+        rows = [_row(e) for e in timeline(entries, state.changelog.resyncs(keys), member_now)]
     finally:
         state.close()
     logged = {e.cohort_id for e in entries}
@@ -105,7 +109,7 @@ def history_members(args: argparse.Namespace) -> int:
         runs = list(dict.fromkeys((r.cohort_id, r.run_id) for r in state.runs(args.cohort, limit,
                                                                              workspaces=args.workspace)
                                   if not args.run or r.run_id == args.run))
-        entries = [e for key, run in runs for e in reversed(list(state.changelog([key], run_id=run)))]
+        entries = [e for key, run in runs for e in reversed(list(state.changelog.entries([key], run_id=run)))]
     finally:
         state.close()
     if args.format == "json":

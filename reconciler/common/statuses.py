@@ -36,3 +36,5 @@ class Status(str, Enum):
 
 
 OK = frozenset({Status.UNCHANGED, Status.CHANGED, Status.SUSPENDED, Status.ORPHANED, Status.CONVERGED, Status.PRUNED})
+HEALTHY = frozenset({Status.CONVERGED, Status.UNCHANGED, Status.PRUNED})  # nothing to explain: no reason is shown
+QUIET = frozenset({Status.UNCHANGED, Status.CONVERGED, Status.SUSPENDED})  # logged at DEBUG when nothing was sent

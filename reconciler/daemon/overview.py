@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__
-from reconciler.common.statuses import Status
+from reconciler.common.statuses import HEALTHY, Status
 from reconciler.daemon.queueing import Work
 from reconciler.running import render
 from reconciler.settings.model import RateLimit
 from reconciler.specs.cohorts import CohortSpec, SpecSet
-from reconciler.state.store import CohortRecord, RunRecord
+from reconciler.state.records import CohortRecord, RunRecord
 
 FORMAT_VERSION = 1
-HEALTHY = (Status.CONVERGED, Status.UNCHANGED, Status.PRUNED)  # results after which there is no reason to show
 PENDING = "pending"  # the page's word for a cohort no run has seen yet
 
 
@@ -47,6 +46,7 @@ class Live:
     ready: tuple[bool, str]
     rate: RateLimit
     rate_in_use: int  # places taken in the current window
+    rates: list[tuple[str, RateLimit, int]] = field(default_factory=list)  # each workspace: its limit, places taken
     interval: float = 900.0  # seconds: the schedule of a cohort that names none
     due: dict[str, float] = field(default_factory=dict)  # cohort id -> epoch seconds of its next timer
     verdicts: dict[str, Verdict] = field(default_factory=dict)
@@ -89,11 +89,15 @@ def status_document(records: dict[str, CohortRecord], changes: dict[str, RunReco
         "queue": work_json(live.pending),
         "running": None if live.running is None else {**work_json(live.running), "since": live.running_since},
         "next_timer": next_timer(live.due, live.now),
-        "rate": {"limit": str(live.rate), "requests": live.rate.requests, "window": live.rate.window,
-                 "in_use": live.rate_in_use},
+        "rate": rate_json(live.rate, live.rate_in_use),
+        "rates": [{"workspace": name, **rate_json(limit, in_use)} for name, limit, in_use in live.rates],
         "replica": live.replica,
         "replicas": live.replicas,
     }
+
+
+def rate_json(limit: RateLimit, in_use: int) -> dict[str, Any]:
+    return {"limit": str(limit), "requests": limit.requests, "window": limit.window, "in_use": in_use}
 
 
 def new_base(cohort_id: str, spec: CohortSpec | None) -> dict[str, Any]:

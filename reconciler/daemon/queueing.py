@@ -12,18 +12,8 @@ ALL = "*"
 
 @dataclass
 class Work:
-    """What the worker should do next: these cohorts (or all), and why."""
+    """Cohorts (state keys, or all of them) queued or running, and the reasons that asked for them."""
 
     cohorts: set[str] = field(default_factory=set)
     everything: bool = False
     reasons: set[str] = field(default_factory=set)
-    git_pull: bool = False
-
-    @property
-    def only(self) -> list[str]:
-        """The --cohort selection: empty means every cohort."""
-        return [] if self.everything else sorted(self.cohorts)
-
-    def describe(self) -> str:
-        what = "all cohorts" if self.everything else ", ".join(sorted(self.cohorts))
-        return f"{what} ({', '.join(sorted(self.reasons))})"

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.state.fencing import Fence
-from reconciler.state.leases import COHORT, REPLICA, CohortLeases, Lease
+from reconciler.state.cohortleases import CohortLeases
+from reconciler.state.leases import COHORT, REPLICA, Lease, renewing
 from reconciler.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ class SoleWriter:
 
     def __init__(self, state: StateStore, ttl: float) -> None:
         self.lease, self.ttl = Lease(state, "run", ttl=ttl), ttl
-        self._done = threading.Event()
 
     @property
     def id(self) -> str:
@@ -48,19 +47,8 @@ class SoleWriter:
     @contextmanager
     def holding(self) -> Iterator[None]:
         self.lease.acquire()
-        thread = threading.Thread(target=self._renew, name="lease-renewal", daemon=True)
-        thread.start()
-        try:
+        with renewing(self.ttl, self.lease.renew, self.lease.release):
             yield
-        finally:
-            self._done.set()
-            thread.join(timeout=5)
-            self.lease.release()
-
-    def _renew(self) -> None:
-        while not self._done.wait(self.ttl / 3):
-            if not self.lease.renew():
-                log.error("lost the state lease to another writer")
 
     def mine(self, keys: set[str]) -> set[str]:
         return set(keys)
@@ -162,4 +150,4 @@ class Replicas:
 
 def sharing_for(state: StateStore, ttl: float) -> SoleWriter | Replicas:
     """PostgreSQL shares the cohorts between replicas; any other state has one writer."""
-    return Replicas(state, ttl) if state.engine.dialect.name == "postgresql" else SoleWriter(state, ttl)
+    return Replicas(state, ttl) if state.shared else SoleWriter(state, ttl)

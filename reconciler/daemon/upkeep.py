@@ -13,7 +13,8 @@ import time
 
 from reconciler.settings.model import Settings
 from reconciler.specs.cohorts import SpecSet
-from reconciler.state.store import StateStore, split_key
+from reconciler.state.keys import split_key
+from reconciler.state.store import StateStore
 
 log = logging.getLogger(__name__)
 PRUNE_STEP = 500  # changelog entries deleted per transaction
@@ -35,7 +36,7 @@ class Upkeep:
         if not any(intervals.values()):
             return set()
         last: dict[str, float] = {}
-        for key, at in self.state.last_resyncs().items():  # by state key: a cohort in several workspaces has several
+        for key, at in self.state.changelog.last_resyncs().items():  # by state key: a cohort in several workspaces has several
             cohort = split_key(key)[1]
             last[cohort] = max(at, last.get(cohort, 0.0))
         due = {cid for cid, every in intervals.items()
@@ -45,7 +46,7 @@ class Upkeep:
 
     def prune_step(self, settings: Settings, now: float) -> int:
         """Delete one step of changelog entries past the retention; how many went."""
-        pruned = self.state.prune_changelog(now - settings.changelog.retention, PRUNE_STEP)
+        pruned = self.state.changelog.prune(now - settings.changelog.retention, PRUNE_STEP)
         if pruned:
             log.debug("changelog: %d entries older than the retention pruned", pruned)
         return pruned

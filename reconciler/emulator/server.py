@@ -10,8 +10,6 @@ that `check-users` asks lives in lookup.py, on a rate window of its own.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 import logging
@@ -26,17 +24,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from reconciler.moengage.batching import ACTIONS
+from reconciler.common.actions import Action
 from reconciler.emulator import lookup
 from reconciler.emulator.store import SegmentStore
+from reconciler.emulator.validation import MISSING, Reply, basic_credentials, validate_body
 from reconciler.common.httpio import RefusedBody, discard_body, read_body, send_json
-from reconciler.specs.rules import DEFAULT_NAME_RULE, MAX_ACTIVE_SEGMENTS, SEGMENT_CAP_MESSAGE, cohort_name_problem
+from reconciler.specs.rules import DEFAULT_NAME_RULE, MAX_ACTIVE_SEGMENTS, SEGMENT_CAP_MESSAGE
 from reconciler.settings.model import NAME_RULES, MoEngageSettings, RateLimit
 
 log = logging.getLogger(__name__)
 API_PATH = "/v1/integrations/cohortsync"
 API_PATHS = (API_PATH, lookup.LOOKUP_PATH)  # MoEngage's: POST only
-MISSING = "MissingAttributeError"  # MoEngage's documented error type for an absent field or header
 
 
 @dataclass
@@ -120,15 +118,6 @@ class Emulator:
             self.requests.clear()
 
 
-class Reply(Exception):
-    """An error answer in MoEngage's documented shape."""
-
-    def __init__(self, status: int, message: str, attribute: str = "", type_: str = "", headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.attribute, self.type = status, message, attribute, type_
-        self.headers = headers or {}
-
-
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave in two writes: Nagle would hold the body for the ACK
@@ -154,10 +143,10 @@ class Handler(BaseHTTPRequestHandler):
             self._error(Reply(404, f"No such endpoint: POST {path}", "path", "NotFound"))
 
     def do_PUT(self) -> None:
-        self._edit("add_members")
+        self._edit(Action.ADD)
 
     def do_DELETE(self) -> None:
-        self._edit("remove_members")
+        self._edit(Action.REMOVE)
 
     def _edit(self, action: str) -> None:
         """A hand edit in the dashboard: PUT adds, DELETE removes the uids of a JSON list (`?workspace=`
@@ -288,7 +277,7 @@ class Handler(BaseHTTPRequestHandler):
         cfg = self.server.emulator.config
         header = self.headers.get("Authorization") or ""
         appkey = self.headers.get("MOE-APPKEY")
-        user, password = _basic(header)
+        user, password = basic_credentials(header)
         if user is None or not user or not password:
             discard_body(self)
             raise Reply(401, "Authentication required: Basic auth with workspace id and Data API key", "Authorization", "Unauthorized")
@@ -382,55 +371,6 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-
-def _basic(header: str) -> tuple[str | None, str]:
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None, ""
-    try:
-        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None, ""
-    return (user, password) if sep else (None, "")
-
-
-def validate_body(raw: bytes, name_rule: str = DEFAULT_NAME_RULE) -> dict:
-    """MoEngage's documented body checks; a Reply(400) names the attribute at fault.
-
-    Only what the API description says: strings have no minimum length and `members` no minimum
-    count, so an empty partner, cohort_id or uid, or no members, are accepted (an empty uid matches nobody).
-    """
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Reply(400, f"Malformed JSON: {exc}", "body", "Malformed JSON")
-    if not isinstance(body, dict):
-        raise Reply(400, "The body must be a JSON object", "body", "ValidationError")
-    _require(body, "action", "action")
-    if body["action"] not in ACTIONS:
-        raise Reply(400, f"action must be one of {', '.join(ACTIONS)}", "action", "ValidationError")
-    _require(body, "partner", "partner")
-    params = _require(body, "parameters", "parameters", dict, "an object")
-    _require(params, "cohort_id", "parameters.cohort_id")
-    problem = cohort_name_problem(_require(params, "cohort_name", "parameters.cohort_name"), name_rule)
-    if problem:
-        raise Reply(400, problem, "parameters.cohort_name", "ValidationError")
-    if "cohort_description" in params and not isinstance(params["cohort_description"], str):
-        raise Reply(400, "cohort_description must be a string", "parameters.cohort_description", "ValidationError")
-    for i, member in enumerate(_require(params, "members", "parameters.members", list, "a list")):
-        if not isinstance(member, dict) or not isinstance(member.get("uid"), str):
-            raise Reply(400, 'each member must be {"uid": "<string>"}', f"parameters.members[{i}]", "ValidationError")
-    return body
-
-
-def _require(obj: dict, key: str, attribute: str, kind: type = str, what: str = "a string") -> object:
-    """The value of a required field: absent is MoEngage's MissingAttributeError, the wrong type a ValidationError."""
-    if key not in obj:
-        raise Reply(400, f"{attribute} is required", attribute, MISSING)
-    if not isinstance(obj[key], kind):
-        raise Reply(400, f"{attribute} must be {what}", attribute, "ValidationError")
-    return obj[key]
 
 
 def _lookup_identifiers(raw: bytes) -> list[dict]:

@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Iterable
 
+from reconciler.common.actions import Action
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
     workspace TEXT NOT NULL DEFAULT '',
@@ -70,10 +72,10 @@ class SegmentStore:
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(workspace, cohort_id) DO UPDATE SET"
                 " cohort_name = excluded.cohort_name, description = COALESCE(excluded.description, description),"
                 " unmatched = unmatched + excluded.unmatched, updated_at = excluded.updated_at",
-                (workspace, cohort_id, name, description, partner, unmatched if action == "add_members" else 0, now,
+                (workspace, cohort_id, name, description, partner, unmatched if action == Action.ADD else 0, now,
                  now),
             )
-            if action == "add_members":
+            if action == Action.ADD:
                 self._db.executemany("INSERT OR IGNORE INTO members (workspace, cohort_id, uid) VALUES (?, ?, ?)", rows)
             else:
                 self._db.executemany("DELETE FROM members WHERE workspace = ? AND cohort_id = ? AND uid = ?", rows)
@@ -88,7 +90,7 @@ class SegmentStore:
         rows = [(found["workspace"], cohort_id, uid) for uid in uids]
         with self._lock:
             self._db.execute("BEGIN")
-            if action == "add_members":
+            if action == Action.ADD:
                 self._db.executemany("INSERT OR IGNORE INTO members (workspace, cohort_id, uid) VALUES (?, ?, ?)", rows)
             else:
                 self._db.executemany("DELETE FROM members WHERE workspace = ? AND cohort_id = ? AND uid = ?", rows)

@@ -15,9 +15,10 @@ from itertools import accumulate, islice, repeat
 from operator import add
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
+from reconciler.common.actions import Action
 from reconciler.common.errors import CohortApiError
 
-ACTIONS = ("add_members", "remove_members")
+ACTIONS = tuple(str(a) for a in Action)  # what MoEngage accepts as `action`
 CHUNK = 20_000  # uids packed at once
 _MEMBER_OVERHEAD = len(b'{"uid":""}')  # bytes around an unescaped uid
 _ESCAPED = re.compile(r'[\x00-\x1f\\"]')  # what JSON escapes in a string (encode_basestring's set)
@@ -27,7 +28,7 @@ _ESCAPED = re.compile(r'[\x00-\x1f\\"]')  # what JSON escapes in a string (encod
 class Envelope:
     """Everything in a request body but the members: one per cohort action."""
 
-    action: str
+    action: Action
     partner: str
     cohort_id: str
     cohort_name: str

@@ -109,24 +109,21 @@ class MoEngageClient:
     def _send_with_retries(self, batch: Batch, before_post: Callable[[], None] | None = None) -> None:
         """Post until a 200, a definite refusal, or the retries run out; the error that ends it
         says whether any attempt may have been applied (then the batch's outcome is unknown)."""
-        attempt = throttled = 0
+        retries = Retries(self.settings, self._rng)
         maybe_applied = False
         while True:
             try:
                 return self._post(batch, before_post)
             except TemporaryApiError as exc:
                 maybe_applied = maybe_applied or exc.maybe_applied
-                if exc.status == 429 and throttled < MAX_THROTTLED:
-                    throttled += 1
-                    self.stats.throttled += 1
-                    delay = exc.delay if exc.delay is not None else self._backoff(min(throttled, 6))
-                elif exc.status != 429 and attempt < self.settings.max_retries:
-                    attempt += 1
-                    self.stats.retries += 1
-                    delay = exc.delay if exc.delay is not None else self._backoff(attempt)
-                else:
+                delay = retries.delay(exc)
+                if delay is None:
                     exc.maybe_applied = maybe_applied
                     raise
+                if exc.status == 429:
+                    self.stats.throttled += 1
+                else:
+                    self.stats.retries += 1
                 log.info("cohort %s: %s; retrying in %.2fs", batch.envelope.cohort_id, exc, delay)
                 self._pause(delay, maybe_applied)
             except ApiError as exc:
@@ -143,9 +140,6 @@ class MoEngageClient:
         except Interrupted as stopped:
             stopped.maybe_applied = maybe_applied
             raise
-
-    def _backoff(self, attempt: int) -> float:
-        return backoff(self.settings, attempt, self._rng)
 
     def _post(self, batch: Batch, before_post: Callable[[], None] | None = None) -> None:
         with self.limiter.slot():
@@ -182,6 +176,28 @@ def auth_headers(settings: MoEngageSettings) -> dict[str, str]:
         "Content-Type": "application/json",
         "User-Agent": "cohortsync",
     }
+
+
+class Retries:
+    """How one request is retried, for every API we ask: a 429 is waited out (MAX_THROTTLED times
+    at most, not counted against the retry budget), any other temporary failure backs off and is
+    tried again up to `max_retries` times."""
+
+    def __init__(self, settings: MoEngageSettings, rng: random.Random) -> None:
+        self.settings, self.rng = settings, rng
+        self.attempt = self.throttled = 0
+
+    def delay(self, exc: TemporaryApiError) -> float | None:
+        """Seconds to wait before the next attempt (Retry-After when sent), or None: give up."""
+        if exc.status == 429 and self.throttled < MAX_THROTTLED:
+            self.throttled += 1
+            step = min(self.throttled, 6)
+        elif exc.status != 429 and self.attempt < self.settings.max_retries:
+            self.attempt += 1
+            step = self.attempt
+        else:
+            return None
+        return exc.delay if exc.delay is not None else backoff(self.settings, step, self.rng)
 
 
 def backoff(settings: MoEngageSettings, attempt: int, rng: random.Random) -> float:

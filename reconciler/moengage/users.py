@@ -18,7 +18,7 @@ import requests
 
 from reconciler.common.errors import ApiError, TemporaryApiError
 from reconciler.common.waiting import pause
-from reconciler.moengage.client import MAX_THROTTLED, auth_headers, backoff, classify
+from reconciler.moengage.client import Retries, auth_headers, classify
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
 from reconciler.settings.model import MoEngageSettings
 
@@ -58,18 +58,14 @@ class UserLookup:
         """One lookup, retried as the Cohort Sync API's requests are: 429 waits, 5xx and drops back off."""
         body = json.dumps({"identifiers": [{"identifier_type": IDENTIFIER_TYPE, "identifier": uid} for uid in batch],
                            "user_fields_to_export": [IDENTIFIER_TYPE]}).encode()
-        attempt = throttled = 0
+        retries = Retries(self.settings, self._rng)
         while True:
             try:
                 return not_found_in(self._post(body), batch)
             except TemporaryApiError as exc:
-                if exc.status == 429 and throttled < MAX_THROTTLED:
-                    throttled += 1
-                elif exc.status != 429 and attempt < self.settings.max_retries:
-                    attempt += 1
-                else:
+                delay = retries.delay(exc)
+                if delay is None:
                     raise
-                delay = exc.delay if exc.delay is not None else backoff(self.settings, max(attempt, throttled), self._rng)
                 log.info("user lookup: %s; retrying in %.2fs", exc, delay)
                 pause(delay, self._stop)
 

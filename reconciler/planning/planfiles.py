@@ -14,7 +14,7 @@ from pathlib import Path
 from reconciler.common.errors import CohortSyncError
 from reconciler.planning.plans import CohortPlan, fingerprint, totals
 from reconciler.settings.model import DEFAULT_WORKSPACE
-from reconciler.state.store import sync_key
+from reconciler.state.keys import sync_key
 
 KIND = "cohortsync-plan"
 FORMAT_VERSION = 1

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
+from reconciler.common.actions import Action
 from reconciler.moengage.batching import Envelope, Packer
 from reconciler.planning.diffs import Tally, merge_diff
 from reconciler.common.errors import CohortApiError, SourceError, StateError
@@ -30,7 +31,8 @@ from reconciler.planning.plans import (CHANGED, ERROR, ORPHANED, SAMPLES, UNCHAN
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
 from reconciler.sources.reading import Engines, FileSource, Source, open_source
 from reconciler.specs.cohorts import CohortSpec
-from reconciler.state.store import CohortRecord, StateStore, synced_in_order
+from reconciler.state.records import CohortRecord
+from reconciler.state.store import StateStore, synced_in_order
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +94,9 @@ class PreparedPlan:
 
 
 class Planner:
-    def __init__(self, settings: Settings, state: StateStore, engines: Engines) -> None:
+    def __init__(self, settings: Settings, state: StateStore, engines: Engines, *, digest_desired: bool = False) -> None:
         self.settings, self.state, self.engines = settings, state, engines
-        self.digest_desired = False  # saved plans fingerprint SQL cohorts by their desired set
+        self.digest_desired = digest_desired  # saved plans fingerprint SQL cohorts by their desired set
 
     def envelope(self, action: str, cohort_id: str, name: str, description: str | None) -> Envelope:
         return Envelope(action, self.settings.partner, cohort_id, name, description)
@@ -122,7 +124,7 @@ class Planner:
         return prepared
 
     def plan_resync(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False,
-                    workspace: str = DEFAULT_WORKSPACE, changelog: bool = True) -> PreparedPlan:
+                    workspace: str = DEFAULT_WORKSPACE) -> PreparedPlan:
         """Every desired uid re-sent, and (mirror) every leaver not desired now removed; guards apply.
 
         Without a changelog (`changelog.retention: 0`) only the uncertain uids count as leavers.
@@ -140,19 +142,19 @@ class Planner:
         guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals, desired=plan.desired or 0,
                               synced=plan.synced, removes=plan.removes)
         verdict(plan, suspended=spec.suspended, guard=guard, force=force)
-        if not changelog and spec.mode == "mirror" and plan.status == CHANGED:
+        if not self.settings.changelog.logs and spec.mode == "mirror" and plan.status == CHANGED:
             plan.reason = plan.reason or ("no changelog (changelog.retention: 0): resync can only re-add; "
                                           "uids that left earlier are not removed")
         return prepared
 
     def _spill_resync(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]]) -> None:
         plan, mirror = prepared.plan, spec.mode == "mirror"
-        spills = (self._spill("add_members", plan), self._spill("add_members", plan, resend=True),
-                  self._spill("remove_members", plan), self._spill("remove_members", plan, resend=True))
+        spills = (self._spill(Action.ADD, plan), self._spill(Action.ADD, plan, resend=True),
+                  self._spill(Action.REMOVE, plan), self._spill(Action.REMOVE, plan, resend=True))
         prepared.adds, prepared.re_adds, prepared.removes, prepared.re_removes = spills
         leavers: Iterable[list[str]] = ()
         if mirror:
-            leavers = external_sort(_chained(self.state.leavers(plan.key), self.state.unconfirmed_uids(plan.key)))
+            leavers = external_sort(_chained(self.state.changelog.leavers(plan.key), self.state.unconfirmed_uids(plan.key)))
         tally = Tally()
         for part in resync_diff(desired, synced_in_order(self.state, plan.key), leavers, tally):
             spills[0].write(part.adds)
@@ -182,11 +184,11 @@ class Planner:
         if not prune:
             plan.reason = reason or "its spec is gone; members left as they are (prune to empty it)"
             return prepared
-        prepared.removes = self._spill("remove_members", plan)
+        prepared.removes = self._spill(Action.REMOVE, plan)
         for chunk in self.state.synced_chunks(record.id):
             prepared.removes.write(chunk)
         uncertain = self.unconfirmed(record.id, record.unconfirmed)
-        prepared.re_removes = self._spill("remove_members", plan, resend=True)
+        prepared.re_removes = self._spill(Action.REMOVE, plan, resend=True)
         prepared.re_removes.write([u for u in uncertain.uids if u not in uncertain.present])
         plan.desired, plan.removes = 0, prepared.removes.count + prepared.re_removes.count
         plan.requests = prepared.removes.requests + prepared.re_removes.requests
@@ -264,8 +266,8 @@ class Planner:
         against synced, into the spills."""
         plan = prepared.plan
         prepared.re_adds = prepared.re_removes = None  # from an attempt that started over
-        prepared.adds = adds = self._spill("add_members", plan)
-        prepared.removes = removes = self._spill("remove_members", plan)
+        prepared.adds = adds = self._spill(Action.ADD, plan)
+        prepared.removes = removes = self._spill(Action.REMOVE, plan)
         tally = Tally()
         mirror = spec.mode == "mirror"
         digest = hashlib.sha256() if self.digest_desired and not isinstance(desired, str) else None
@@ -289,8 +291,8 @@ class Planner:
             plan.desired_digest = digest.hexdigest()
         self._spill_resends(prepared, uncertain, mirror)
         spills = prepared.spills()
-        plan.adds = sum(s.count for s in spills if s.envelope.action == "add_members")
-        plan.removes = sum(s.count for s in spills if s.envelope.action == "remove_members")
+        plan.adds = sum(s.count for s in spills if s.envelope.action == Action.ADD)
+        plan.removes = sum(s.count for s in spills if s.envelope.action == Action.REMOVE)
         plan.requests = sum(s.requests for s in spills)
         plan.sample_adds = (adds.samples + (prepared.re_adds.samples if prepared.re_adds else []))[:SAMPLES]
         plan.sample_removes = (removes.samples + (prepared.re_removes.samples if prepared.re_removes else []))[:SAMPLES]
@@ -300,10 +302,10 @@ class Planner:
         if not uncertain:
             return
         re_adds, re_removes = uncertain.resends()
-        prepared.re_adds = self._spill("add_members", prepared.plan, resend=True)
+        prepared.re_adds = self._spill(Action.ADD, prepared.plan, resend=True)
         prepared.re_adds.write(re_adds)
         if mirror:
-            prepared.re_removes = self._spill("remove_members", prepared.plan, resend=True)
+            prepared.re_removes = self._spill(Action.REMOVE, prepared.plan, resend=True)
             prepared.re_removes.write(re_removes)
 
     def _spill(self, action: str, plan: CohortPlan, *, resend: bool = False) -> Spill:
@@ -374,5 +376,5 @@ def gc_paused() -> Iterator[None]:
 
 
 def _unchanged_since(record: CohortRecord | None, spec: CohortSpec, source_digest: str | None) -> bool:
-    return bool(record and record.converged and source_digest and record.spec_digest == spec.digest
-                and record.source_digest == source_digest)
+    """The source's digest is known without reading it, and the cohort converged on it and the spec."""
+    return source_digest is not None and record is not None and record.converged_on(spec.digest, source_digest)

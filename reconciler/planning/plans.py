@@ -12,7 +12,8 @@ from typing import Any
 from reconciler.common.statuses import Status
 from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.specs.cohorts import MaxRemovals
-from reconciler.state.store import sync_key
+from reconciler.state.keys import sync_key
+from reconciler.state.records import Cohort
 
 UNCHANGED, CHANGED, BLOCKED, ERROR, SUSPENDED, ORPHANED = (
     Status.UNCHANGED, Status.CHANGED, Status.BLOCKED, Status.ERROR, Status.SUSPENDED, Status.ORPHANED)
@@ -50,6 +51,11 @@ class CohortPlan:
     def key(self) -> str:
         """The state's name for this cohort in this workspace."""
         return sync_key(self.workspace, self.id)
+
+    @property
+    def cohort(self) -> Cohort:
+        """The cohort as MoEngage is told of it (the state key, name and description)."""
+        return Cohort(self.key, self.name, self.description)
 
     @property
     def actionable(self) -> bool:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from reconciler.common.errors import StateError
-from reconciler.state.store import StateStore, make_engine, synced_in_order
+from reconciler.state.database import make_engine
+from reconciler.state.store import StateStore, synced_in_order
 
 log = logging.getLogger(__name__)
 

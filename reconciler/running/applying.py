@@ -14,35 +14,29 @@ import threading
 import time
 from dataclasses import dataclass
 
-from reconciler.moengage.batching import pack
-from reconciler.moengage.client import MoEngageClient
+from reconciler.common.actions import Action
 from reconciler.common.errors import ApiError, FatalApiError, Interrupted, LeaseLost, StateError, Yielded
 from reconciler.common.statuses import Status
-from reconciler.moengage.batching import Batch
+from reconciler.moengage.batching import Batch, pack
+from reconciler.moengage.client import MoEngageClient
 from reconciler.planning.planner import PreparedPlan, Spill
 from reconciler.planning.plans import CohortPlan
 from reconciler.running.progress import NoProgress, Progress
 from reconciler.state.fencing import Fence
-from reconciler.state.store import ChangeNote, RunRecord, StateStore
+from reconciler.state.records import ChangeNote, Counts, RunRecord, Ending
+from reconciler.state.store import StateStore
 
 log = logging.getLogger(__name__)
 YIELD_AFTER = 4.0  # seconds a routine cohort runs before it gives way, between batches, to urgent work
 
 
 @dataclass
-class CohortOutcome:
+class CohortOutcome(Counts):
     """What happened to one cohort in one run."""
 
     plan: CohortPlan
     result: Status  # converged, pruned, failed, unconfirmed, interrupted, or the plan's status when nothing was sent
-    sent_adds: int = 0
-    sent_removes: int = 0
-    requests: int = 0
-    retries: int = 0
-    throttled: int = 0
-    bytes: int = 0
     seconds: float = 0.0
-    unconfirmed: int = 0  # uids of the batch whose answer never came
     error: str | None = None
     fatal: bool = False  # MoEngage refused the credentials or the account: nothing more goes to that workspace
     yielded: bool = False  # set aside between batches for more urgent work: the rest is sent after it
@@ -58,124 +52,123 @@ class CohortOutcome:
                 "unconfirmed_sent": self.unconfirmed, "error": self.error}
 
 
-def execute(prepared: PreparedPlan, client: MoEngageClient, state: StateStore, run: RunRecord,
-            stop: threading.Event | None = None, progress: Progress | None = None, *,
-            changelog: bool = True, fence: Fence | None = None,
-            yield_to: threading.Event | None = None) -> CohortOutcome:
-    """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop.
+class Applier:
+    """Sends plans and settles their batches; one per reconciler, shared by its workspaces' threads.
 
     `stop` is looked at before each batch: a shutdown lets the batch in flight finish and settle,
     and leaves the rest for the next run. With `changelog`, each settled batch is logged with it.
-    With a `fence` (a replica's lease on the cohort), every write checks the lease and nothing is
-    sent once it may have expired; a lost lease stops the cohort with nothing more written: its
-    batch in flight stays pending, for the new holder to settle. Once `yield_to` is set, a cohort
-    that has run YIELD_AFTER seconds stops between batches (`yielded`): a 10M-member initial sync
-    does not hold a triggered cohort up for minutes.
     """
-    plan = prepared.plan
-    outcome = CohortOutcome(plan, Status.FAILED)
-    stats = client.stats
-    start = (stats.requests, stats.retries, stats.throttled, stats.bytes_sent, time.monotonic())
-    progress = progress or NoProgress()
-    progress.start(plan)
-    lost = False
-    try:
-        for spill in prepared.spills():
-            for batch in pack(spill.envelope, spill, client.settings.max_payload_bytes):
-                if stop is not None and stop.is_set():
-                    raise Interrupted("shutting down")
-                if yield_to is not None and yield_to.is_set() and time.monotonic() - start[4] > YIELD_AFTER:
-                    raise Yielded("more urgent work waits")
-                _send(batch, spill, client, state, run, outcome, progress,
-                      change_note(plan, spill, run.run_id) if changelog else None, fence)
-        outcome.result = Status.PRUNED if plan.status == Status.ORPHANED else Status.CONVERGED
-    except LeaseLost as exc:
-        outcome.result, outcome.error = Status.INTERRUPTED, f"{exc}; its new holder sends the rest"
+
+    def __init__(self, state: StateStore, stop: threading.Event, progress: Progress | None = None, *,
+                 changelog: bool = True) -> None:
+        self.state, self.stop, self.changelog = state, stop, changelog
+        self.progress = progress or NoProgress()
+
+    def execute(self, prepared: PreparedPlan, client: MoEngageClient, run: RunRecord, *,
+                fence: Fence | None = None, yield_to: threading.Event | None = None) -> CohortOutcome:
+        """Send one actionable plan. Raises FatalApiError (after recording it) when the run must stop.
+
+        With a `fence` (a replica's lease on the cohort), every write checks the lease and nothing
+        is sent once it may have expired; a lost lease stops the cohort with nothing more written:
+        its batch in flight stays pending, for the new holder to settle. Once `yield_to` is set, a
+        cohort that has run YIELD_AFTER seconds stops between batches (`yielded`): a 10M-member
+        initial sync does not hold a triggered cohort up for minutes.
+        """
+        plan = prepared.plan
+        outcome = CohortOutcome(plan, Status.FAILED)
+        stats = client.stats
+        start = (stats.requests, stats.retries, stats.throttled, stats.bytes_sent, time.monotonic())
+        self.progress.start(plan)
+        lost = False
+        try:
+            for spill in prepared.spills():
+                note = change_note(plan, spill, run.run_id) if self.changelog else None
+                for batch in pack(spill.envelope, spill, client.settings.max_payload_bytes):
+                    if self.stop.is_set():
+                        raise Interrupted("shutting down")
+                    if yield_to is not None and yield_to.is_set() and time.monotonic() - start[4] > YIELD_AFTER:
+                        raise Yielded("more urgent work waits")
+                    self._send(batch, spill, client, run, outcome, note, fence)
+            outcome.result = Status.PRUNED if plan.status == Status.ORPHANED else Status.CONVERGED
+        except LeaseLost as exc:
+            outcome.result, outcome.error = Status.INTERRUPTED, f"{exc}; its new holder sends the rest"
+            if fence is not None:
+                fence.lost(str(exc))
+            lost = True  # nothing more is written for this cohort here
+        except FatalApiError as exc:
+            outcome.error = str(exc)
+            raise
+        except Yielded:
+            outcome.result, outcome.yielded = Status.INTERRUPTED, True
+            outcome.error = "set aside for more urgent work; the rest is sent right after it"
+        except Interrupted:
+            outcome.result, outcome.error = Status.INTERRUPTED, "stopped by a shutdown; the next run sends the rest"
+        except (ApiError, StateError) as exc:
+            outcome.error = str(exc)
+            if outcome.unconfirmed:
+                outcome.result = Status.UNCONFIRMED
+                outcome.error = (f"{outcome.unconfirmed:,} uids sent with no answer ({exc}); "
+                                 "the next plan re-sends what settles them")
+            log.error("cohort %s: %s", plan.key, outcome.error)
+        finally:
+            self.progress.finish()
+            outcome.requests = stats.requests - start[0]
+            outcome.retries, outcome.throttled = stats.retries - start[1], stats.throttled - start[2]
+            outcome.bytes, outcome.seconds = stats.bytes_sent - start[3], time.monotonic() - start[4]
+            if not lost:
+                _finish(self.state, run, outcome, fence)
+        return outcome
+
+    def _send(self, batch: Batch, spill: Spill, client: MoEngageClient, run: RunRecord, outcome: CohortOutcome,
+              note: ChangeNote | None, fence: Fence | None) -> None:
+        """Pending before send, settled on answer; a batch that may have been applied stays pending."""
+        plan, action, state = outcome.plan, spill.envelope.action, self.state
         if fence is not None:
-            fence.lost(str(exc))
-        lost = True  # nothing more is written for this cohort here
-    except FatalApiError as exc:
-        outcome.error = str(exc)
-        raise
-    except Yielded:
-        outcome.result, outcome.yielded = Status.INTERRUPTED, True
-        outcome.error = "set aside for more urgent work; the rest is sent right after it"
-    except Interrupted:
-        outcome.result, outcome.error = Status.INTERRUPTED, "stopped by a shutdown; the next run sends the rest"
-    except (ApiError, StateError) as exc:
-        outcome.error = str(exc)
-        if outcome.unconfirmed:
-            outcome.result = Status.UNCONFIRMED
-            outcome.error = (f"{outcome.unconfirmed:,} uids sent with no answer ({exc}); "
-                             "the next plan re-sends what settles them")
-        log.error("cohort %s: %s", plan.key, outcome.error)
-    finally:
-        progress.finish()
-        outcome.requests = stats.requests - start[0]
-        outcome.retries, outcome.throttled = stats.retries - start[1], stats.throttled - start[2]
-        outcome.bytes, outcome.seconds = stats.bytes_sent - start[3], time.monotonic() - start[4]
-        if not lost:
-            _finish(state, run, outcome, fence)
-    return outcome
+            fence.check_local()
+        batch_id = state.begin_batch(plan.cohort, action, list(batch.uids), run.run_id,
+                                     take_over=plan.unconfirmed > 0, fence=fence)
+        settled = 0
+        try:
+            for part in client.send(batch, fence.check_local if fence is not None else None):  # parts: after a 413
+                settled += len(part.uids)
+                state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
+                                   write_members=not spill.resend, note=note, fence=fence)
+                outcome.count_sent(action, len(part.uids))
+                self.progress.advance(len(part.uids))
+                log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.key, action, len(part.uids),
+                         len(part.body))
+        except (ApiError, Interrupted) as exc:
+            if exc.maybe_applied:
+                outcome.unconfirmed += len(batch.uids) - settled
+            else:
+                state.refuse_batch(batch_id, fence)
+            raise
 
 
 def change_note(plan: CohortPlan, spill: Spill, run_id: str) -> ChangeNote:
     """How the changelog records this spill's batches: a resync's re-adds of members by count only
     (they would copy the whole cohort into the changelog at every resync)."""
     kind = ("resync_" if plan.resync else "") + ("resend" if spill.resend else "change")
-    count_only = plan.resync and spill.resend and spill.envelope.action == "add_members"
+    count_only = plan.resync and spill.resend and spill.envelope.action == Action.ADD
     return ChangeNote(run_id, plan.spec_digest, kind, with_uids=not count_only)
-
-
-def _send(batch: Batch, spill: Spill, client: MoEngageClient, state: StateStore, run: RunRecord,
-          outcome: CohortOutcome, progress: Progress, note: ChangeNote | None,
-          fence: Fence | None = None) -> None:
-    """Pending before send, settled on answer; a batch that may have been applied stays pending."""
-    plan, action = outcome.plan, spill.envelope.action
-    if fence is not None:
-        fence.check_local()
-    batch_id = state.begin_batch(plan.key, plan.name, plan.description, action, list(batch.uids), run.run_id,
-                                 take_over=plan.unconfirmed > 0, fence=fence)
-    settled = 0
-    try:
-        for part in client.send(batch, fence.check_local if fence is not None else None):  # parts: after a 413
-            settled += len(part.uids)
-            state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
-                               write_members=not spill.resend, note=note, fence=fence)
-            if action == "add_members":
-                outcome.sent_adds += len(part.uids)
-            else:
-                outcome.sent_removes += len(part.uids)
-            progress.advance(len(part.uids))
-            log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.key, action, len(part.uids),
-                     len(part.body))
-    except (ApiError, Interrupted) as exc:
-        if exc.maybe_applied:
-            outcome.unconfirmed += len(batch.uids) - settled
-        else:
-            state.refuse_batch(batch_id, fence)
-        raise
 
 
 def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome, fence: Fence | None = None) -> None:
     """Write the run row and the cohort's outcome; a pruned orphan is forgotten."""
     plan = outcome.plan
     run.status, run.error, run.finished_at = outcome.result, outcome.error, time.time()
-    run.sent_adds, run.sent_removes, run.requests = outcome.sent_adds, outcome.sent_removes, outcome.requests
-    run.retries, run.throttled, run.bytes = outcome.retries, outcome.throttled, outcome.bytes
+    run.take_counts(outcome)
     run.failed = (plan.adds - outcome.sent_adds) + (plan.removes - outcome.sent_removes)
-    run.unconfirmed = outcome.unconfirmed
     try:
         state.record_run(run, fence)
         if outcome.result == Status.PRUNED:
             state.forget(plan.key, fence)
         elif outcome.result == Status.CONVERGED:
-            state.record_outcome(plan.key, plan.name, plan.description, status=Status.CONVERGED, converged=True,
-                                 spec_digest=plan.spec_digest, source_digest=plan.source_digest, fence=fence)
+            state.record_outcome(plan.cohort, Ending(Status.CONVERGED, converged=True, spec_digest=plan.spec_digest,
+                                                       source_digest=plan.source_digest), fence)
             log.info("cohort %s: converged (+%d -%d)", plan.key, outcome.sent_adds, outcome.sent_removes)
         else:
-            state.record_outcome(plan.key, plan.name, plan.description, status=outcome.result, error=outcome.error,
-                                 fence=fence)
+            state.record_outcome(plan.cohort, Ending(outcome.result, error=outcome.error), fence)
     except LeaseLost as exc:
         outcome.result, outcome.error = Status.INTERRUPTED, f"{exc}; its new holder records the outcome"
         if fence is not None:

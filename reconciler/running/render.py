@@ -12,7 +12,7 @@ from typing import Any
 from reconciler.common.statuses import Status
 from reconciler.planning.plans import CohortPlan, totals
 from reconciler.running.reconciling import RunReport
-from reconciler.state.store import CohortRecord, RunRecord
+from reconciler.state.records import CohortRecord, RunRecord
 
 FORMAT_VERSION = 1
 GITHUB_COMMENT_LIMIT = 65_536

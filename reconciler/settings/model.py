@@ -304,6 +304,11 @@ class ChangelogSettings:
                                "how long an entry is kept (the daemon prunes older ones); `0`: nothing is "
                                "logged, and resync can only re-add")
 
+    @property
+    def logs(self) -> bool:
+        """Whether settled batches are logged at all."""
+        return self.retention > 0
+
 
 @dataclass(frozen=True)
 class AlertingSettings:

@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from reconciler.common.waiting import pause
 from reconciler.settings.model import RateLimit
 from reconciler.state.fencing import db_now
-from reconciler.state.store import StateStore, rate_slots
+from reconciler.state.schema import rate_slots
+from reconciler.state.store import StateStore
 
 MARGIN = 0.005  # seconds added to the window against clock granularity
 LONGEST_WAIT = 1.0  # seconds between looks while every place is in flight elsewhere
@@ -49,7 +50,7 @@ class SharedBudget:
         try:
             yield
         finally:
-            with self.state._begin() as conn:
+            with self.state.transaction() as conn:
                 conn.execute(rate_slots.update().where(
                     rate_slots.c.account == self.account, rate_slots.c.slot == place,
                     rate_slots.c.taken_at == taken, rate_slots.c.stamp.is_(None)).values(stamp=self._now))
@@ -57,7 +58,7 @@ class SharedBudget:
     def in_use(self) -> int:
         """Places taken in the current window by every process, requests in flight included."""
         c = rate_slots.c
-        with self.state._connect() as conn:
+        with self.state.connection() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(rate_slots).where(
                 c.account == self.account, c.slot < self.limit.requests,
                 sa.or_(c.stamp > self._now - self.limit.window,
@@ -80,7 +81,7 @@ class SharedBudget:
         c, window = rate_slots.c, self.limit.window + MARGIN
         free = sa.or_(c.stamp <= self._now - window,
                       sa.and_(c.stamp.is_(None), c.taken_at <= self._now - self.flight - window))
-        with self.state._begin() as conn:
+        with self.state.transaction() as conn:
             row = conn.execute(sa.select(c.slot).where(c.account == self.account, c.slot < self.limit.requests, free)
                                .order_by(c.stamp).limit(1).with_for_update(skip_locked=True)).first()
             if row is not None:
@@ -95,7 +96,7 @@ class SharedBudget:
         """The account's N rows, made once by whichever process comes first (more when the limit grew)."""
         if self._ready:
             return
-        with self.state._begin() as conn:
+        with self.state.transaction() as conn:
             have = set(conn.execute(sa.select(rate_slots.c.slot).where(rate_slots.c.account == self.account)).scalars())
             missing = [{"account": self.account, "slot": i, "stamp": 0.0, "taken_at": None}
                        for i in range(self.limit.requests) if i not in have]

@@ -13,7 +13,9 @@ from collections import Counter
 import sqlalchemy as sa
 
 from reconciler.common.errors import StateError
-from reconciler.state.store import SCHEMA_VERSION, StateStore, _decode, batches, changelog, cohorts, members
+from reconciler.state.database import decode
+from reconciler.state.schema import SCHEMA_VERSION, batches, changelog, cohorts, members
+from reconciler.state.store import StateStore
 
 
 def check_state(store: StateStore) -> list[str]:
@@ -47,7 +49,7 @@ def _pending(store: StateStore) -> list[str]:
     seen: dict[str, Counter[str]] = {}
     with store.engine.connect() as conn:
         for row in conn.execute(sa.select(batches).order_by(batches.c.id)):
-            uids = _decode(row.uids)
+            uids = decode(row.uids)
             if len(uids) != row.count:
                 problems.append(f"pending batch {row.id} of {row.cohort_id}: count {row.count} but {len(uids)} uids")
             seen.setdefault(row.cohort_id, Counter()).update(set(uids))
@@ -64,7 +66,7 @@ def _changelog(store: StateStore) -> list[str]:
     query = sa.select(changelog.c.id, changelog.c.cohort_id, changelog.c.count, changelog.c.uids)
     with store.engine.connect() as conn:
         for entry_id, cid, count, blob in conn.execution_options(stream_results=True, yield_per=200).execute(query):
-            found = len(_decode(blob))
+            found = len(decode(blob))
             if blob and found != count:
                 problems.append(f"changelog entry {entry_id} of {cid}: count {count} but {found} uids")
     return problems

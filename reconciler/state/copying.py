@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from reconciler.common.errors import StateError
-from reconciler.state.store import (_PLACEHOLDERS, batches, changelog, cohorts, members, meta, runs, StateStore,
-                                    synced_in_order)
+from reconciler.state.schema import batches, changelog, cohorts, members, meta, runs
+from reconciler.state.store import _PLACEHOLDERS, StateStore, synced_in_order
 
 ROWS = 500  # rows of the smaller tables per piece (changelog and pending rows carry uid blobs)
 TABLES = (cohorts, batches, runs, changelog)  # copied row by row; members and meta have their own way

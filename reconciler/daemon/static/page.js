@@ -186,9 +186,7 @@
     const unconfirmed = rows.reduce((a, r) => a + r.unconfirmed.n, 0);
     const running = s.running ? `${describeWork(s.running)} for ${span(now() - (s.running.since || now()))}` : null;
     const queued = describeWork(s.queue);
-    const rate = s.rate;
-    const meter = rate ? h("div", { class: `meter ${rate.in_use / rate.requests > 0.8 ? "hot" : ""}` }, h("span")) : null;
-    if (meter) meter.firstChild.style.width = `${Math.min(100, (100 * rate.in_use) / rate.requests).toFixed(1)}%`;
+    const rates = Array.isArray(s.rates) && s.rates.length ? s.rates : (s.rate ? [{ workspace: null, ...s.rate }] : []);
     const next = s.next_timer;
     fill($("health"),
       tile("Daemon", ready.ok ? "Ready" : "Not ready", ready.reason || null, ready.ok ? "ok" : "bad"),
@@ -196,11 +194,18 @@
       tile("Now", running ? "Reconciling" : "Idle", [running, queued ? `Queued: ${queued}` : "Queue empty"]
         .filter(Boolean).join(" · "), running || queued ? "info" : ""),
       tile("Next timer", next ? when(next.at, "until") : "—", next ? next.cohorts.join(", ") : "no timer set"),
-      rate ? tile("Rate budget", `${fmt(rate.in_use)} / ${fmt(rate.requests)}`, `requests in the last ${rate.window}s`,
-        "", meter) : null,
+      ...rates.map((rate) => tile(rates.length > 1 ? `Rate budget · ${rate.workspace}` : "Rate budget",
+        `${fmt(rate.in_use)} / ${fmt(rate.requests)}`, `requests in the last ${rate.window}s`, "", meter(rate))),
       tile("Members", fmt(members), unconfirmed ? `${fmt(unconfirmed)} unconfirmed` : "all confirmed",
         unconfirmed ? "warn" : ""),
       replicaTile(s));
+  }
+
+  // A rate window's places in use, as a bar; hot above 80%.
+  function meter(rate) {
+    const bar = h("div", { class: `meter ${rate.in_use / rate.requests > 0.8 ? "hot" : ""}` }, h("span"));
+    bar.firstChild.style.width = `${Math.min(100, (100 * rate.in_use) / rate.requests).toFixed(1)}%`;
+    return bar;
   }
 
   // --- the cohorts table ----------------------------------------------------------------------------

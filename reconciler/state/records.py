@@ -1,0 +1,137 @@
+"""What the state hands out and takes in: plain records, no database behind them."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from reconciler.common.actions import Action
+from reconciler.state.keys import split_key
+
+
+@dataclass(frozen=True)
+class CohortRecord:
+    id: str
+    name: str
+    description: str | None
+    spec_digest: str | None
+    source_digest: str | None
+    synced_count: int
+    converged: bool
+    last_run_at: float | None
+    last_success_at: float | None
+    last_status: str | None
+    last_error: str | None
+    unconfirmed: int = 0  # uids of batches whose answer never came
+    unconfirmed_since: float | None = None  # when the oldest of those batches was sent
+
+    @property
+    def workspace(self) -> str:
+        return split_key(self.id)[0]
+
+    @property
+    def cohort(self) -> str:
+        """The cohort id (`id` is the state's key, which names the workspace too)."""
+        return split_key(self.id)[1]
+
+    def converged_on(self, spec_digest: str | None, source_digest: str | None) -> bool:
+        """Whether the cohort converged on exactly this spec and source: then MoEngage already
+        matches them and a plan need read nothing."""
+        return bool(self.converged and source_digest and self.spec_digest == spec_digest
+                    and self.source_digest == source_digest)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A cohort as MoEngage is told of it: its state key, name and description."""
+
+    key: str
+    name: str
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a cohort's run ended, as its state record keeps it; the digests only when it converged."""
+
+    status: str
+    error: str | None = None
+    converged: bool = False
+    spec_digest: str | None = None
+    source_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A batch written down before it was sent; `uids` ascending."""
+
+    id: int
+    cohort_id: str
+    action: str
+    uids: list[str]
+    carried: list[str]
+    run_id: str | None
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class ChangeNote:
+    """What the changelog records of a settled batch besides its uids: why it was sent."""
+
+    run_id: str | None
+    spec_digest: str | None
+    kind: str = "change"  # change (members written) or resend (no member write); "resync_" before either in a resync
+    with_uids: bool = True  # False: count only (a resync's re-adds of members: the whole cohort each time)
+
+
+@dataclass(frozen=True)
+class ChangeEntry:
+    """One settled batch of one cohort, as the changelog keeps it; `uids` ascending (empty: count only)."""
+
+    id: int
+    cohort_id: str
+    action: str
+    kind: str
+    run_id: str | None
+    at: float
+    spec_digest: str | None
+    count: int
+    uids: list[str]
+
+
+@dataclass(kw_only=True)
+class Counts:
+    """What one cohort's run sent: kept alike by the run's outcome and by its row in history."""
+
+    sent_adds: int = 0
+    sent_removes: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    bytes: int = 0
+    unconfirmed: int = 0  # uids of a batch sent with no answer
+
+    def count_sent(self, action: str, count: int) -> None:
+        if action == Action.ADD:
+            self.sent_adds += count
+        else:
+            self.sent_removes += count
+
+    def take_counts(self, other: "Counts") -> None:
+        for f in dataclasses.fields(Counts):
+            setattr(self, f.name, getattr(other, f.name))
+
+
+@dataclass
+class RunRecord(Counts):
+    """One cohort's part of one run: what was planned, sent and failed."""
+
+    run_id: str
+    cohort_id: str
+    status: str
+    started_at: float
+    trigger: str = "cli"
+    planned_adds: int = 0
+    planned_removes: int = 0
+    failed: int = 0
+    finished_at: float | None = None
+    error: str | None = None
