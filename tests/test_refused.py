@@ -1,0 +1,180 @@
+"""Row-level errors: a batch MoEngage refuses for one member is bisected, the refused uids are kept.
+
+The pure bisection first (its cost bound, against a fake `send`), then the local checks, then end to
+end against the emulator process told to refuse some uids (`--refuse-uids`): every other uid arrives
+in one apply, the refused ones are named, kept and not sent again, unless their row changes or
+`apply --retry-refused` asks; a 400 naming another field still fails the cohort at once.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from reconciler.common.errors import CohortApiError, MembersRefused
+from reconciler.moengage.uids import MAX_UID_LENGTH, names_members, uid_problem, unsendable
+from reconciler.running.bisecting import Bisection
+from tests.conftest import API_KEY, WORKSPACE
+from tests.helpers import Repo
+
+
+# --- the pure bisection -----------------------------------------------------------------------
+def bisect(uids: list[str], bad: set[str], limit: int = 100) -> tuple[list[str], list[str], int]:
+    """(accepted, refused, requests) of bisecting `uids` whose first request was refused."""
+    accepted: list[str] = []
+    refused: list[str] = []
+
+    def send(part: tuple[str, ...]) -> None:
+        if bad & set(part):
+            raise MembersRefused("invalid member", status=400, attribute="parameters.members[0].uid")
+        accepted.extend(part)
+
+    b = Bisection("c", send, lambda uid, why: refused.append(uid), limit=limit)
+    b.run(uids, MembersRefused("invalid member", status=400))
+    return accepted, refused, b.requests
+
+
+@pytest.mark.parametrize("size, bad_at", [(2, [0]), (2, [1]), (7, [3]), (1000, [0]), (1000, [999]), (1024, [517]),
+                                          (1000, [1, 2, 3]), (1000, [10, 500, 990]), (64, list(range(64)))])
+def test_bisection_isolates_exactly_the_refused_uids(size, bad_at):
+    uids = [f"u{i:05d}" for i in range(size)]
+    bad = {uids[i] for i in bad_at}
+    accepted, refused, requests = bisect(uids, bad)
+    assert sorted(refused) == sorted(bad) and sorted(accepted) == sorted(set(uids) - bad)
+    assert len(accepted) == len(set(accepted))  # every good uid arrives once
+
+
+@pytest.mark.parametrize("size", [2, 16, 1000, 5500])
+def test_one_refused_uid_costs_at_most_log2_of_the_batch_plus_one(size):
+    uids = [f"u{i:05d}" for i in range(size)]
+    worst = max(bisect(uids, {uids[i]})[2] for i in range(0, size, max(1, size // 97)))
+    assert worst <= math.ceil(math.log2(size)) + 1
+
+
+def test_a_bisection_that_refuses_too_many_fails_the_cohort_and_keeps_what_it_found():
+    uids = [f"u{i:03d}" for i in range(50)]
+    found: list[str] = []
+
+    def send(part: tuple[str, ...]) -> None:
+        raise MembersRefused("everything refused", status=400)
+
+    with pytest.raises(CohortApiError, match="more than"):
+        Bisection("c", send, lambda uid, why: found.append(uid), limit=5).run(uids, MembersRefused("x", status=400))
+    assert len(found) == 5
+
+
+# --- what is refused before sending, and which 400s are about members -------------------------------
+@pytest.mark.parametrize("uid, refused", [
+    ("u1", False), ("", True), ("   ", True), ("\u2003", True), ("a\x00b", True), ("a\tb", True),
+    ("a\x85b", True), ("x" * MAX_UID_LENGTH, False), ("x" * (MAX_UID_LENGTH + 1), True), ("é" * 300, False),
+])
+def test_uids_that_can_never_be_valid(uid, refused):
+    assert (uid_problem(uid) is not None) == refused
+    assert [u for u, _ in unsendable(["ok", uid])] == ([uid] if refused else [])
+
+
+@pytest.mark.parametrize("attribute, kind, members", [
+    (None, None, True), ("", "ValidationError", True), ("parameters.members", "ValidationError", True),
+    ("parameters.members[17].uid", "InvalidAttributeError", True), ("members", None, True),
+    ("parameters.cohort_name", "ValidationError", False), ("partner", "MissingAttributeError", False),
+    ("partner", "ValidationError", False), ("body", "Malformed JSON", False),
+    ("parameters.members", "MissingAttributeError", False), ("MOE-APPKEY", "MissingAttributeError", False),
+])
+def test_which_400s_name_the_members(attribute, kind, members):
+    assert names_members(attribute, kind) == members
+
+
+# --- end to end, against the emulator told to refuse some uids --------------------------------------
+BAD = ["u00100", "u07777", "u19999"]
+
+
+@pytest.fixture
+def refusing(tmp_path, start_emulator, monkeypatch) -> tuple[Repo, object]:
+    """A repository whose emulator refuses BAD (given as a file, as users would)."""
+    listed = tmp_path / "refuse.txt"
+    listed.write_text("\n".join(BAD) + "\n")
+    emu = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--refuse-uids", str(listed))
+    monkeypatch.setenv("TEST_WS", WORKSPACE)
+    monkeypatch.setenv("TEST_KEY", API_KEY)
+    return Repo(tmp_path / "repo", base_url=emu.url), emu
+
+
+def apply_json(repo: Repo, capsys, *args: str) -> tuple[int, dict]:
+    code, out, _ = repo.run(capsys, "apply", "--format", "json", *args)
+    return code, {c["id"]: c for c in json.loads(out)["cohorts"]}
+
+
+def test_three_refused_uids_in_20000_do_not_sink_the_cohort(refusing, capsys):
+    repo, emu = refusing
+    uids = [f"u{i:05d}" for i in range(20_000)]
+    repo.file_cohort("big", uids)
+    code, cohorts = apply_json(repo, capsys)
+    big = cohorts["big"]
+    assert code == 0 and big["result"] == "converged", big
+    assert sorted(emu.members("big")) == sorted(set(uids) - set(BAD))  # every other uid, in one apply
+    assert big["refused"] == 3 and big["refused_now"] == 3 and sorted(big["sample_refused"]) == BAD
+    ordinary = math.ceil(20_000 / (big["sent_adds"] / (big["requests_sent"] - big["bisect_requests"] - 1)))
+    assert big["bisect_requests"] <= 3 * (math.ceil(math.log2(20_000 / max(1, ordinary))) + 1) + 3
+    code, out, _ = repo.run(capsys, "refused", "--format", "json")
+    listed = json.loads(out)["refused"]
+    assert [(r["cohort"], r["uid"]) for r in listed] == [("big", u) for u in BAD]
+    assert all("not a valid user id" in r["error"] and r["since"] for r in listed)
+    # a second apply, with the source changed elsewhere: the new uid goes, none of the three
+    refused_before = emu.get("/_emulator/refused")["refused_requests"]
+    repo.uids("big", [*uids, "u20000"])
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 0 and cohorts["big"]["sent_adds"] == 1 and cohorts["big"]["refused"] == 3
+    assert emu.get("/_emulator/refused")["refused_requests"] == refused_before
+    assert "u20000" in emu.members("big") and not set(BAD) & set(emu.members("big"))
+    code, out, _ = repo.run(capsys, "plan", "--format", "json")
+    assert json.loads(out)["cohorts"][0]["status"] == "unchanged"
+
+
+def test_retry_refused_sends_them_again_and_an_acceptance_clears_them(refusing, capsys):
+    repo, emu = refusing
+    repo.file_cohort("c", [f"u{i:05d}" for i in range(95, 105)])
+    assert apply_json(repo, capsys)[1]["c"]["refused"] == 1
+    emu.configure(refuse_uids=[])  # MoEngage accepts it now (say its user was fixed)
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 0 and cohorts["c"]["refused"] == 1 and "u00100" not in emu.members("c")  # not resent unasked
+    code, cohorts = apply_json(repo, capsys, "--retry-refused")
+    assert code == 0 and cohorts["c"]["sent_adds"] == 1 and "u00100" in emu.members("c")
+    assert repo.run(capsys, "refused")[1].startswith("No refused uids")
+
+
+def test_a_changed_row_is_tried_again(refusing, capsys):
+    repo, emu = refusing
+    uids = [f"u{i:05d}" for i in range(95, 105)]
+    repo.file_cohort("c", uids)
+    assert apply_json(repo, capsys)[1]["c"]["refused"] == 1
+    repo.uids("c", [u for u in uids if u != "u00100"])  # its row left the source: the refusal is dropped
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 0 and "refused" not in cohorts["c"]
+    emu.configure(refuse_uids=[])
+    repo.uids("c", uids)  # and came back: it is sent again, unasked
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 0 and cohorts["c"]["sent_adds"] == 1 and "u00100" in emu.members("c")
+
+
+def test_uids_that_can_never_be_valid_are_refused_locally_and_never_sent(repo, emulator, capsys):
+    long = "x" * (MAX_UID_LENGTH + 1)
+    repo.file_cohort("c", ["a", long, "b\x85c", "d"])
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 0 and cohorts["c"]["refused"] == 2 and cohorts["c"]["sent_adds"] == 2
+    assert sorted(emulator.members("c")) == ["a", "d"]
+    assert all(r["members"] == 2 for r in emulator.requests())  # one request, the two good uids
+    code, out, _ = repo.run(capsys, "refused", "--cohort", "c")
+    assert "over MoEngage's 512" in out and "control character" in out
+    code, out, _ = repo.run(capsys, "plan", "--format", "json")
+    assert json.loads(out)["cohorts"][0]["refused"] == 2
+
+
+def test_a_400_on_another_field_still_fails_the_cohort_at_once(repo, emulator, capsys):
+    repo.file_cohort("c", [f"u{i}" for i in range(50)])
+    emulator.configure(name_rule="no_leading_period")  # MoEngage refuses the name: a 400 on cohort_name
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 1 and cohorts["c"]["result"] == "failed" and "cohort_name" in cohorts["c"]["error"]
+    assert len(emulator.requests()) == 1 and "refused" not in cohorts["c"]  # no bisection
+    code, out, _ = repo.run(capsys, "refused")
+    assert out.startswith("No refused uids")
