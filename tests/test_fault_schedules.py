@@ -4,9 +4,11 @@ Two cohorts (one `mirror`, one `add_only`) over a small universe of uids, batche
 each. Between applies, the specs change: members leave, come back, arrive, files are emptied
 (applies use --force). An apply may run under a fault from its k-th request on: the answer is
 lost after MoEngage applied the batch, MoEngage answers 500 after applying it, or the process
-dies just before a send or just after MoEngage applied one. The invariant, after every
-fault-free apply: each `mirror` segment equals its spec exactly, and each `add_only` segment
-holds every uid its spec has now and no uid its spec never had.
+dies just before a send or just after MoEngage applied one. MoEngage may also be told to refuse
+a few uids (a 400 naming the member): their batches are bisected, and a fault may strike half-way
+through a bisection. The invariant, after every fault-free apply: each `mirror` segment equals its
+spec but for uids the state names as refused, and each `add_only` segment holds every uid its spec
+has now (but for refused ones) and no uid its spec never had.
 
 MoEngage is the emulator, a real HTTP server on loopback (in this process, for speed); the
 faults sit at the HTTP client's transport seam, as a dying process or a lost packet would.
@@ -86,6 +88,7 @@ class FaultSchedules(RuleBasedStateMachine):
             "moengage": {"base_url": self.server.url, "workspace_id": "WS", "api_key": "k",
                          "max_retries": 1, "timeout": "5s"}}))
         self.spec = {cid: set() for cid in COHORTS}
+        self.refusable: set[str] = set()  # every uid MoEngage was ever told to refuse
         self.ever = {cid: set() for cid in COHORTS}
         for cid, mode in COHORTS.items():
             (self.root / "cohorts" / f"{cid}.yaml").write_text(yaml.safe_dump({
@@ -129,6 +132,12 @@ class FaultSchedules(RuleBasedStateMachine):
         self._apply(fault, at)
         self.converged = False
 
+    @rule(uids=st.sets(st.sampled_from(UNIVERSE), max_size=3))
+    def refuse(self, uids: set[str]) -> None:
+        """MoEngage refuses these uids from now on (none: it refuses nothing any more)."""
+        self.server.emulator.config.refuse_uids = frozenset(uids)
+        self.refusable |= uids
+
     @rule()
     def apply(self) -> None:
         assert self._apply(), "a fault-free apply must converge every cohort"
@@ -166,8 +175,14 @@ class FaultSchedules(RuleBasedStateMachine):
     def segments_match_the_specs(self) -> None:
         store = self.server.emulator.store
         held = {cid: set((store.segment(cid) or {}).get("members", [])) for cid in COHORTS}
-        assert held["m"] == self.spec["m"], (sorted(held["m"] ^ self.spec["m"]), "mirror")
-        assert self.spec["a"] <= held["a"] <= self.ever["a"], "add_only"
+        state = StateStore.open(self.state_url)
+        try:
+            named = {cid: set(state.refusals.of(cid)) for cid in COHORTS}
+        finally:
+            state.close()
+        assert named["m"] | named["a"] <= self.refusable
+        assert held["m"] ^ self.spec["m"] <= named["m"], (sorted(held["m"] ^ self.spec["m"]), "mirror")
+        assert self.spec["a"] - named["a"] <= held["a"] <= self.ever["a"], "add_only"
 
     def teardown(self) -> None:
         if hasattr(self, "server"):

@@ -178,3 +178,66 @@ def test_a_400_on_another_field_still_fails_the_cohort_at_once(repo, emulator, c
     assert len(emulator.requests()) == 1 and "refused" not in cohorts["c"]  # no bisection
     code, out, _ = repo.run(capsys, "refused")
     assert out.startswith("No refused uids")
+
+
+# --- a kill half-way through a bisection ------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["kill_before_send", "kill_after_apply"])
+def test_a_kill_mid_bisection_leaves_exact_bookkeeping(tmp_path, fault):
+    import dataclasses
+    import threading
+
+    import yaml
+
+    from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer
+    from reconciler.emulator.store import SegmentStore
+    from reconciler.moengage.client import MoEngageClient
+    from reconciler.running.reconciling import Reconciler
+    from reconciler.settings.config import load_settings
+    from reconciler.settings.model import RateLimit
+    from reconciler.state.store import StateStore
+    from tests.test_fault_schedules import FaultySession, Killed
+
+    uids = [f"u{i:02d}" for i in range(16)]
+    server = EmulatorServer(("127.0.0.1", 0), Emulator(EmulatorConfig(
+        rate_limit=RateLimit(100_000, 1.0), refuse_uids=frozenset({"u13"})), SegmentStore(":memory:")))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    repo = Repo(tmp_path, base_url=server.url)
+    repo.file_cohort("c", uids)
+    doc = yaml.safe_load(repo.config.read_text())
+    doc["moengage"].update(workspace_id="WS", api_key="k")
+    repo.config.write_text(yaml.safe_dump(doc))
+
+    def apply(session: FaultySession) -> bool:
+        settings = load_settings(str(repo.config))
+        settings = dataclasses.replace(settings, cohorts_dir=repo.cohorts)
+        state = StateStore.open(settings.state_url)
+        client = MoEngageClient(settings.moengage, session=session)
+        reconciler = Reconciler(settings, state, clients={"default": client})
+        try:
+            return reconciler.apply(reconciler.load()).ok
+        except Killed:
+            return False
+        finally:
+            reconciler.close()
+            client.close()
+            state.close()
+
+    try:
+        assert not apply(FaultySession(fault, 3))  # post 1 refused, post 2 a half accepted, dies at post 3
+        state = StateStore.open(load_settings(str(repo.config)).state_url)
+        try:
+            members = {u for chunk in state.synced_chunks("c") for u in chunk}
+            pending = {u for batch in state.pending("c") for u in batch.uids}
+            held = set(server.emulator.store.segment("c")["members"])
+            assert members == set(uids[:8])  # the first half, settled
+            # the part in flight (the first half of the refused second half) is pending, alone: what MoEngage
+            # may have taken unanswered is in it, and nothing else is uncertain
+            assert len(state.pending("c")) == 1 and pending == set(uids[8:12]) and held - members <= pending
+            assert state.cohort("c").unconfirmed == len(pending) and state.cohort("c").synced_count == 8
+        finally:
+            state.close()
+        assert apply(FaultySession(None, 1))  # the next run finishes the job
+        assert set(server.emulator.store.segment("c")["members"]) == set(uids) - {"u13"}
+    finally:
+        server.shutdown()
+        server.server_close()
