@@ -171,7 +171,7 @@ class Planner:
         plan.requests = sum(spill.requests for spill in spills)
         plan.sample_adds = (spills[0].samples + spills[1].samples)[:SAMPLES]
         plan.sample_removes = (spills[2].samples + spills[3].samples)[:SAMPLES]
-        plan.refused, plan.sample_refused = held.count, held.samples
+        plan.refused, plan.sample_refused, plan.refused_new = held.count, held.samples, len(held.local)
 
     def unconfirmed(self, cohort_id: str, count: int) -> Unconfirmed:
         """The cohort's uncertain uids and which of them are members; nothing is read when there are none."""
@@ -302,7 +302,7 @@ class Planner:
         plan.requests = sum(s.requests for s in spills)
         plan.sample_adds = (adds.samples + (prepared.re_adds.samples if prepared.re_adds else []))[:SAMPLES]
         plan.sample_removes = (removes.samples + (prepared.re_removes.samples if prepared.re_removes else []))[:SAMPLES]
-        plan.refused, plan.sample_refused = held.count, held.samples
+        plan.refused, plan.sample_refused, plan.refused_new = held.count, held.samples, len(held.local)
 
     def _spill_resends(self, prepared: PreparedPlan, uncertain: Unconfirmed, mirror: bool) -> None:
         """Uncertain uids the diff did not cover; in add_only the undesired ones just stay uncertain."""

@@ -48,6 +48,7 @@ class CohortPlan:
     resync: bool = False  # every desired uid re-sent, and the changelog's leavers removed (planning/resync.py)
     refused: int = 0  # uids held back: refused by MoEngage before, or never valid (planning/refusals.py)
     sample_refused: list[str] = field(default_factory=list)
+    refused_new: int = 0  # of those, uids refused by this plan's own checks (never valid), not kept before
     refused_retry: bool = False  # --retry-refused: the held-back uids are sent, and an acceptance clears them
 
     @property

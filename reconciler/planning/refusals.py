@@ -35,13 +35,15 @@ class HeldBack:
         return HeldBack(self.standing, retry=self.retry)
 
     def adds(self, uids: list[str]) -> list[str]:
+        """Uids to add, less standing refusals and uids that can never be valid (refused now)."""
+        uids = self._standing(Action.ADD, uids)
         bad = unsendable(uids)
         if bad:
             self.local.extend(bad)
             self._sample([u for u, _ in bad])
             refused = {u for u, _ in bad}
             uids = [u for u in uids if u not in refused]
-        return self._standing(Action.ADD, uids)
+        return uids
 
     def removes(self, uids: list[str]) -> list[str]:
         return self._standing(Action.REMOVE, uids)

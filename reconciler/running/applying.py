@@ -60,11 +60,15 @@ class CohortOutcome(Counts):
         """Uids of this cohort not sent or not accepted in this run: held back by the plan, or refused now."""
         return self.plan.refused + len(self.refused_now)
 
+    @property
+    def sample_refused(self) -> list[str]:
+        return (self.refused_now + self.plan.sample_refused)[:SAMPLES]
+
     def refused_json(self) -> dict:
         """The refused fields, only when there are any: JSON keeps its shape otherwise."""
         if not self.refused:
             return {}
-        return {"refused": self.refused, "sample_refused": (self.refused_now + self.plan.sample_refused)[:SAMPLES],
+        return {"refused": self.refused, "sample_refused": self.sample_refused,
                 "refused_now": len(self.refused_now), "bisect_requests": self.bisect_requests}
 
 
