@@ -114,8 +114,8 @@ def test_three_refused_uids_in_20000_do_not_sink_the_cohort(refusing, capsys):
     assert code == 0 and big["result"] == "converged", big
     assert sorted(emu.members("big")) == sorted(set(uids) - set(BAD))  # every other uid, in one apply
     assert big["refused"] == 3 and big["refused_now"] == 3 and sorted(big["sample_refused"]) == BAD
-    ordinary = math.ceil(20_000 / (big["sent_adds"] / (big["requests_sent"] - big["bisect_requests"] - 1)))
-    assert big["bisect_requests"] <= 3 * (math.ceil(math.log2(20_000 / max(1, ordinary))) + 1) + 3
+    batch = math.ceil(20_000 / (big["requests_sent"] - big["bisect_requests"]))  # uids of one ordinary request
+    assert big["bisect_requests"] <= 3 * (math.ceil(math.log2(batch)) + 1)
     code, out, _ = repo.run(capsys, "refused", "--format", "json")
     listed = json.loads(out)["refused"]
     assert [(r["cohort"], r["uid"]) for r in listed] == [("big", u) for u in BAD]
