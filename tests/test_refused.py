@@ -241,3 +241,54 @@ def test_a_kill_mid_bisection_leaves_exact_bookkeeping(tmp_path, fault):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- the state's contract (SQLite and PostgreSQL) -----------------------------------------------------
+def test_refusals_are_kept_with_since_and_leave_the_uncertain_uids(state):
+    from reconciler.state.records import Cohort
+    cohort = Cohort("c", ".C", None)
+    lost = state.begin_batch(cohort, "add_members", ["a", "b", "c"])  # never answered: all three uncertain
+    assert state.cohort("c").unconfirmed == 3
+    state.refuse_uids(cohort, "add_members", [("b", "HTTP 400 bad uid")])
+    first = state.refusals.of("c")["b"]
+    assert first.error == "HTTP 400 bad uid" and first.presence == "add_members"
+    assert [p.uids for p in state.pending("c")] == [["a", "c"]] and state.cohort("c").refused == 1
+    state.refuse_uids(cohort, "add_members", [("b", "HTTP 400 again")])
+    again = state.refusals.of("c")["b"]
+    assert again.since == first.since and again.at >= first.at and again.error == "HTTP 400 again"
+    state.settle_batch(lost, "c", "add_members", ["a", "c"], clear_refused=True)
+    assert state.refusals.of("c")["b"]  # only the accepted uids' refusals go
+    state.refusals.update("c", "add_members", [("z" * 600, "too long")], stale=["b"])
+    assert list(state.refusals.of("c")) == ["z" * 600] and state.refusals.counts() == {"c": 1}
+    state.forget("c")
+    assert state.refusals.listing() == []
+
+
+# --- shown: alerts, metrics, text ---------------------------------------------------------------------
+def test_a_run_that_refuses_uids_alerts_once_with_a_sample():
+    from reconciler.common.statuses import Status
+    from reconciler.notify.events import events_of
+    from reconciler.planning.plans import CohortPlan
+    from reconciler.running.applying import CohortOutcome
+    from reconciler.running.reconciling import RunReport
+    plan = CohortPlan("c", ".c", Status.CHANGED, desired=12, synced=10, adds=2, refused=1, sample_refused=["old"])
+    outcome = CohortOutcome(plan, Status.CONVERGED, sent_adds=1, refused_now=["u1"])
+    events = events_of(RunReport("run1", [outcome], before={}))
+    assert [e.kind for e in events] == ["refused"] and events[0].counts["refused"] == 2
+    assert "u1" in events[0].reason and "cohortsync refused --cohort c" in events[0].reason
+    quiet = CohortOutcome(plan, Status.CONVERGED)  # held back as before: nothing new to say
+    assert events_of(RunReport("run2", [quiet], before={})) == []
+
+
+def test_the_gauge_and_the_text_name_the_refused():
+    from reconciler.daemon.metrics import Metrics
+    from reconciler.planning.plans import CohortPlan
+    from reconciler.running import render
+    from reconciler.running.reconciling import RunReport
+    metrics = Metrics()
+    metrics.observe_run(RunReport("r", []), 0.1, {}, {}, {}, {"big": 3})
+    assert 'cohortsync_refused_members{cohort="big"} 3.0' in metrics.exposition().decode()
+    plan = CohortPlan("big", ".big", "changed", desired=10, adds=1, refused=3, sample_refused=BAD)
+    assert "3 uids refused (u00100, u07777, u19999)" in render.plan_text([plan])
+    assert "3 uids refused" in render.plan_markdown([plan])
+    assert "refused" not in json.loads(render.plan_json([CohortPlan("x", ".x", "unchanged")]))["cohorts"][0]

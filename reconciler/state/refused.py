@@ -9,6 +9,7 @@ kill between two lines leaves the refusals and the pending batches in agreement.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 
@@ -25,25 +26,30 @@ CHUNK = 500  # uids per IN (...) list
 
 def record(conn: sa.Connection, cohort_id: str, presence: str, items: Iterable[tuple[str, str]]) -> int:
     """Inside the caller's transaction: these (uid, error) refused now; an earlier refusal keeps its `since`."""
-    found = dict(items)
+    found = {digest(uid): (uid, error) for uid, error in items}
     if not found:
         return 0
     now = time.time()
     since = {}
     for part in _chunks(sorted(found)):
-        since.update(conn.execute(sa.select(refused.c.uid, refused.c.since).where(
-            refused.c.cohort_id == cohort_id, refused.c.uid.in_(part))).all())
-        conn.execute(refused.delete().where(refused.c.cohort_id == cohort_id, refused.c.uid.in_(part)))
-    conn.execute(refused.insert(), [{"cohort_id": cohort_id, "uid": uid, "presence": str(presence),
-                                     "error": error[:2000], "since": since.get(uid, now), "at": now}
-                                    for uid, error in sorted(found.items())])
+        since.update(conn.execute(sa.select(refused.c.digest, refused.c.since).where(
+            refused.c.cohort_id == cohort_id, refused.c.digest.in_(part))).all())
+        conn.execute(refused.delete().where(refused.c.cohort_id == cohort_id, refused.c.digest.in_(part)))
+    conn.execute(refused.insert(), [{"cohort_id": cohort_id, "digest": key, "uid": uid, "presence": str(presence),
+                                     "error": error[:2000], "since": since.get(key, now), "at": now}
+                                    for key, (uid, error) in sorted(found.items())])
     return len(found)
 
 
 def clear(conn: sa.Connection, cohort_id: str, uids: Iterable[str]) -> None:
     """Inside the caller's transaction: these uids are refused no more (accepted, or their presence changed)."""
-    for part in _chunks(sorted(set(uids))):
-        conn.execute(refused.delete().where(refused.c.cohort_id == cohort_id, refused.c.uid.in_(part)))
+    for part in _chunks(sorted({digest(u) for u in uids})):
+        conn.execute(refused.delete().where(refused.c.cohort_id == cohort_id, refused.c.digest.in_(part)))
+
+
+def digest(uid: str) -> str:
+    """A refusal's key: a uid refused for its length may be longer than any index allows."""
+    return hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Refusals:
@@ -57,14 +63,15 @@ class Refusals:
         return {r.uid: r for r in self.listing([cohort_id])}
 
     def listing(self, cohort_ids: Iterable[str] | None = None, limit: int | None = None) -> list[RefusedUid]:
-        query = sa.select(refused).order_by(refused.c.cohort_id, refused.c.uid)
+        query = sa.select(refused).order_by(refused.c.cohort_id, refused.c.since, refused.c.digest)
         if cohort_ids is not None:
             query = query.where(refused.c.cohort_id.in_(list(cohort_ids)))
         if limit is not None:
             query = query.limit(limit)
         with self.db.connection() as conn:
             rows = conn.execute(query).all()
-        return [RefusedUid(r.cohort_id, r.uid, r.presence, r.error, r.since, r.at) for r in rows]
+        return sorted((RefusedUid(r.cohort_id, r.uid, r.presence, r.error, r.since, r.at) for r in rows),
+                      key=lambda r: (r.cohort_id, r.uid))
 
     def counts(self) -> dict[str, int]:
         """Refused uids per cohort key."""

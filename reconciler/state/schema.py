@@ -86,7 +86,8 @@ changelog = sa.Table(  # one row per settled batch: who entered or left, when, i
 refused = sa.Table(  # uids MoEngage refused (a 400 bisected down to them) or that can never be valid: refused.py
     "cs_refused", metadata,
     sa.Column("cohort_id", sa.String(KEY_LENGTH), primary_key=True),  # sync_key(workspace, cohort id)
-    sa.Column("uid", _uid, primary_key=True),
+    sa.Column("digest", sa.String(64), primary_key=True),  # sha256 of the uid: a refused uid may be of any length
+    sa.Column("uid", sa.Text, nullable=False),
     sa.Column("presence", sa.String(16), nullable=False),  # the action refused: the uid's desired presence then
     sa.Column("error", sa.Text, nullable=False),  # MoEngage's message (or the local check's reason)
     sa.Column("since", sa.Float, nullable=False),  # first refused
