@@ -69,6 +69,26 @@ class FaultySession(requests.Session):
         return failed
 
 
+def apply_through(config: Path, session: requests.Session, *, payload: int | None = None,
+                  options: RunOptions = RunOptions()) -> bool:
+    """One apply in this process with `session` as the client's transport: whether it converged (False when killed)."""
+    settings_ = load_settings(str(config))
+    account = dataclasses.replace(settings_.moengage, backoff_base=0.001, backoff_max=0.002,
+                                  max_payload_bytes=payload or settings_.moengage.max_payload_bytes)
+    settings_ = dataclasses.replace(settings_, cohorts_dir=config.parent / "cohorts", moengage=account)
+    state = StateStore.open(settings_.state_url)
+    client = MoEngageClient(settings_.moengage, session=session)
+    reconciler = Reconciler(settings_, state, clients={"default": client})
+    try:
+        return reconciler.apply(reconciler.load(), options=options).ok
+    except Killed:
+        return False
+    finally:
+        reconciler.close()
+        client.close()
+        state.close()
+
+
 class FaultSchedules(RuleBasedStateMachine):
     state_url: str = ""  # set per backend by the test functions below
     workdir: Path = Path()
@@ -100,20 +120,8 @@ class FaultSchedules(RuleBasedStateMachine):
         (self.root / "cohorts" / "uids" / f"{cid}.txt").write_text("".join(u + "\n" for u in sorted(self.spec[cid])))
 
     def _apply(self, fault: str | None = None, at: int = 1, resync: bool = False) -> bool:
-        settings_ = load_settings(str(self.root / "cohortsync.yaml"))
-        settings_ = dataclasses.replace(settings_, cohorts_dir=self.root / "cohorts", moengage=dataclasses.replace(
-            settings_.moengage, backoff_base=0.001, backoff_max=0.002, max_payload_bytes=PAYLOAD))
-        state = StateStore.open(self.state_url)
-        client = MoEngageClient(settings_.moengage, session=FaultySession(fault, at))
-        reconciler = Reconciler(settings_, state, clients={"default": client})
-        try:
-            return reconciler.apply(reconciler.load(), options=RunOptions(force=True, resync=resync)).ok
-        except Killed:
-            return False
-        finally:
-            reconciler.close()
-            client.close()
-            state.close()
+        return apply_through(self.root / "cohortsync.yaml", FaultySession(fault, at), payload=PAYLOAD,
+                             options=RunOptions(force=True, resync=resync))
 
     @rule(cid=st.sampled_from(sorted(COHORTS)), members=st.sets(st.sampled_from(UNIVERSE), max_size=30))
     def edit_spec(self, cid: str, members: set[str]) -> None:

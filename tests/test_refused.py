@@ -183,19 +183,16 @@ def test_a_400_on_another_field_still_fails_the_cohort_at_once(repo, emulator, c
 # --- a kill half-way through a bisection ------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["kill_before_send", "kill_after_apply"])
 def test_a_kill_mid_bisection_leaves_exact_bookkeeping(tmp_path, fault):
-    import dataclasses
     import threading
 
     import yaml
 
     from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer
     from reconciler.emulator.store import SegmentStore
-    from reconciler.moengage.client import MoEngageClient
-    from reconciler.running.reconciling import Reconciler
     from reconciler.settings.config import load_settings
     from reconciler.settings.model import RateLimit
     from reconciler.state.store import StateStore
-    from tests.test_fault_schedules import FaultySession, Killed
+    from tests.test_fault_schedules import FaultySession, apply_through
 
     uids = [f"u{i:02d}" for i in range(16)]
     server = EmulatorServer(("127.0.0.1", 0), Emulator(EmulatorConfig(
@@ -207,23 +204,8 @@ def test_a_kill_mid_bisection_leaves_exact_bookkeeping(tmp_path, fault):
     doc["moengage"].update(workspace_id="WS", api_key="k")
     repo.config.write_text(yaml.safe_dump(doc))
 
-    def apply(session: FaultySession) -> bool:
-        settings = load_settings(str(repo.config))
-        settings = dataclasses.replace(settings, cohorts_dir=repo.cohorts)
-        state = StateStore.open(settings.state_url)
-        client = MoEngageClient(settings.moengage, session=session)
-        reconciler = Reconciler(settings, state, clients={"default": client})
-        try:
-            return reconciler.apply(reconciler.load()).ok
-        except Killed:
-            return False
-        finally:
-            reconciler.close()
-            client.close()
-            state.close()
-
     try:
-        assert not apply(FaultySession(fault, 3))  # post 1 refused, post 2 a half accepted, dies at post 3
+        assert not apply_through(repo.config, FaultySession(fault, 3))  # post 1 refused, post 2 a half accepted, dies at post 3
         state = StateStore.open(load_settings(str(repo.config)).state_url)
         try:
             members = {u for chunk in state.synced_chunks("c") for u in chunk}
@@ -236,7 +218,7 @@ def test_a_kill_mid_bisection_leaves_exact_bookkeeping(tmp_path, fault):
             assert state.cohort("c").unconfirmed == len(pending) and state.cohort("c").synced_count == 8
         finally:
             state.close()
-        assert apply(FaultySession(None, 1))  # the next run finishes the job
+        assert apply_through(repo.config, FaultySession(None, 1))  # the next run finishes the job
         assert set(server.emulator.store.segment("c")["members"]) == set(uids) - {"u13"}
     finally:
         server.shutdown()
