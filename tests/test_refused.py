@@ -120,6 +120,11 @@ def test_three_refused_uids_in_20000_do_not_sink_the_cohort(refusing, capsys):
     listed = json.loads(out)["refused"]
     assert [(r["cohort"], r["uid"]) for r in listed] == [("big", u) for u in BAD]
     assert all("not a valid user id" in r["error"] and r["since"] for r in listed)
+    code, out, _ = repo.run(capsys, "status", "--format", "json")
+    assert json.loads(out)["cohorts"][0]["refused"] == 3
+    assert "3 uids refused" in repo.run(capsys, "status")[1]
+    code, out, _ = repo.run(capsys, "history", "--format", "json")
+    assert json.loads(out)["runs"][0]["failed"] == 0  # refused is not failed
     # a second apply, with the source changed elsewhere: the new uid goes, none of the three
     refused_before = emu.get("/_emulator/refused")["refused_requests"]
     repo.uids("big", [*uids, "u20000"])
@@ -274,3 +279,21 @@ def test_the_gauge_and_the_text_name_the_refused():
     assert "3 uids refused (u00100, u07777, u19999)" in render.plan_text([plan])
     assert "3 uids refused" in render.plan_markdown([plan])
     assert "refused" not in json.loads(render.plan_json([CohortPlan("x", ".x", "unchanged")]))["cohorts"][0]
+
+
+def test_a_refused_remove_is_held_back_and_the_guard_counts_only_what_is_sent(refusing, capsys):
+    repo, emu = refusing
+    uids = [f"u{i:05d}" for i in range(95, 105)]
+    emu.configure(refuse_uids=[])
+    repo.file_cohort("c", uids, guards={"max_removals": 1})
+    assert apply_json(repo, capsys)[0] == 0 and len(emu.members("c")) == 10
+    emu.configure(refuse_uids=["u00100"])  # MoEngage now refuses it, on its remove too
+    repo.uids("c", [u for u in uids if u != "u00100"])
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 0 and cohorts["c"]["refused_now"] == 1 and cohorts["c"]["sent_removes"] == 0
+    repo.uids("c", [u for u in uids if u not in ("u00100", "u00101")])  # one more leaves
+    code, out, _ = repo.run(capsys, "plan", "--format", "json")
+    plan = json.loads(out)["cohorts"][0]
+    assert plan["status"] == "changed" and plan["removes"] == 1 and plan["refused"] == 1  # not blocked: 1 <= 1
+    code, cohorts = apply_json(repo, capsys)
+    assert code == 0 and "u00101" not in emu.members("c") and "u00100" in emu.members("c")

@@ -210,7 +210,7 @@ def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome, fence: Fe
     plan = outcome.plan
     run.status, run.error, run.finished_at = outcome.result, outcome.error, time.time()
     run.take_counts(outcome)
-    run.failed = (plan.adds - outcome.sent_adds) + (plan.removes - outcome.sent_removes)
+    run.failed = (plan.adds - outcome.sent_adds) + (plan.removes - outcome.sent_removes) - len(outcome.refused_now)
     try:
         state.record_run(run, fence)
         if outcome.result == Status.PRUNED:
