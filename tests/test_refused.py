@@ -297,3 +297,12 @@ def test_a_refused_remove_is_held_back_and_the_guard_counts_only_what_is_sent(re
     assert plan["status"] == "changed" and plan["removes"] == 1 and plan["refused"] == 1  # not blocked: 1 <= 1
     code, cohorts = apply_json(repo, capsys)
     assert code == 0 and "u00101" not in emu.members("c") and "u00100" in emu.members("c")
+
+
+def test_state_check_holds_refusals_to_their_cohort(state):
+    from reconciler.state.checking import check_state
+    from reconciler.state.records import Cohort
+    state.refuse_uids(Cohort("c", ".C", None), "add_members", [("u1", "HTTP 400")])
+    assert check_state(state) == []
+    state.refusals.update("gone", "add_members", [("u2", "too long")])
+    assert check_state(state) == ["refused uid 'u2' of gone, which has no cohort record"]
