@@ -12,7 +12,7 @@ import re
 
 MAX_UID_LENGTH = 512  # characters: MoEngage's "User attribute value length" (Data Tracking Policies)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_BLANK_LINE = re.compile(r"^[^\S\n]*$", re.MULTILINE)  # a line that is empty or only whitespace
+_VISIBLE = bytes(range(33, 127)) + b"\n"  # printable ASCII but the space, and the separator
 MEMBER_ATTRIBUTES = ("members", "parameters.members", "uid")  # a 400 naming these (or nothing) is about a member
 MISSING = "missingattributeerror"  # an absent field: never one member's fault
 
@@ -30,13 +30,20 @@ def uid_problem(uid: str) -> str | None:
 
 
 def unsendable(uids: list[str]) -> list[tuple[str, str]]:
-    """(uid, reason) for each uid of a chunk that can never be valid; a pass in C when all are fine."""
-    if not uids:
-        return []
-    if (max(map(len, uids)) <= MAX_UID_LENGTH and not _CONTROL.search("".join(uids))
-            and not _BLANK_LINE.search("\n".join(uids))):
+    """(uid, reason) for each uid of a chunk that can never be valid; a few passes in C when all are fine."""
+    if not uids or (_plain(uids) and max(map(len, uids)) <= MAX_UID_LENGTH):
         return []
     return [(u, why) for u in uids if (why := uid_problem(u)) is not None]
+
+
+def _plain(uids: list[str]) -> bool:
+    """No uid blank or holding a control character: printable ASCII without a space and no empty uid
+    (C passes only), or, for other text, no control character and every uid non-blank."""
+    text = "\n".join(uids)
+    if not text.isascii():
+        return not _CONTROL.search("".join(uids)) and all(map(str.strip, uids))
+    raw = text.encode("ascii")
+    return not raw.translate(None, _VISIBLE) and b"\n\n" not in raw and raw[:1] != b"\n" and raw[-1:] != b"\n"
 
 
 def names_members(attribute: str | None, kind: str | None = None) -> bool:
