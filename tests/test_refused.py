@@ -72,6 +72,7 @@ def test_a_bisection_that_refuses_too_many_fails_the_cohort_and_keeps_what_it_fo
 def test_uids_that_can_never_be_valid(uid, refused):
     assert (uid_problem(uid) is not None) == refused
     assert [u for u, _ in unsendable(["ok", uid])] == ([uid] if refused else [])
+    assert [u for u, _ in unsendable([uid, "ok", "a\nb"])] == ([uid] if refused else []) + ["a\nb"]
 
 
 @pytest.mark.parametrize("attribute, kind, members", [

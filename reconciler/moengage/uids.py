@@ -43,7 +43,8 @@ def _plain(uids: list[str]) -> bool:
     if not text.isascii():
         return not _CONTROL.search("".join(uids)) and all(map(str.strip, uids))
     raw = text.encode("ascii")
-    return not raw.translate(None, _VISIBLE) and b"\n\n" not in raw and raw[:1] != b"\n" and raw[-1:] != b"\n"
+    return (not raw.translate(None, _VISIBLE) and raw.count(b"\n") == len(uids) - 1  # no newline inside a uid
+            and b"\n\n" not in raw and raw[:1] != b"\n" and raw[-1:] != b"\n")
 
 
 def names_members(attribute: str | None, kind: str | None = None) -> bool:
