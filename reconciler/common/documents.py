@@ -159,11 +159,13 @@ def schema_problems(doc: Document, schema_name: str) -> list[Problem]:
     errors = sorted(_validator(schema_name).iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path)))
     problems = []
     for e in errors:
-        path = tuple(e.absolute_path)
+        path = at = tuple(e.absolute_path)
         if e.validator == "additionalProperties" and isinstance(e.instance, dict):
             extra = sorted(set(e.instance) - set(e.schema.get("properties", {})), key=str)
-            path = (*path, extra[0]) if extra else path  # point at the unknown key itself
-        problems.append(Problem(dotted(path), explain(e), doc.line_of(path)))
+            at = (*path, extra[0]) if extra else path  # point at the unknown key itself: its line, and as the
+            if extra and str(extra[0]) == shown(extra[0]).strip("'\""):  # field when `shown` would quote it whole
+                path = at
+        problems.append(Problem(dotted(path), explain(e), doc.line_of(at)))
     return problems
 
 
