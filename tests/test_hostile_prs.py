@@ -98,11 +98,7 @@ CASES = [
     Case("python_tag", lambda c, r: write(c / "victim.yaml", "id: !!python/object/apply:os.system "
                                           f"['cat {r / 'service-account.json'}']\nname: .V\n"),
          "victim.yaml", "invalid YAML"),
-    Case("python_name_tag", lambda c, r: write(c / "victim.yaml", "id: v\nname: !!python/name:os.environ\n"),
-         "victim.yaml", "invalid YAML"),
     Case("typed_value_its_type_refuses", lambda c, r: write(c / "victim.yaml", "id: v\nschedule: !!int soon\n"),
-         "victim.yaml", "invalid YAML"),
-    Case("impossible_date", lambda c, r: write(c / "victim.yaml", "id: v\ndescription: 2026-13-45\n"),
          "victim.yaml", "invalid YAML"),
     Case("duplicate_keys", lambda c, r: write(c / "victim.yaml", "id: victim\nname: .V\nname: .W\n"
                                               "source: {file: uids/good.txt}\n"),
@@ -235,6 +231,8 @@ def test_values_are_quoted_whole_only_when_short(value, quoted):
     ("a: 1\n---\nb: hunter2secret\n", "expected a single document in the stream, but found another document", None),
     ('a: "\\xZZ hunter2secret"', "but found (not shown) (column 7)", "ZZ"),
     ("a: !!int hunter2secret", "a value cannot be read as the type", "hunter2secret"),
+    ("a: 2026-13-45", "a value cannot be read as the type", "2026"),
+    ("a: !!python/name:os.environ", "could not determine a constructor for the tag (not shown)", "environ"),
 ])
 def test_yaml_problems_say_where_and_what_kind_never_what_is_there(text, says, hidden):
     doc, problems = parse_yaml(text)
