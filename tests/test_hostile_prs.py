@@ -239,3 +239,12 @@ def test_yaml_problems_say_where_and_what_kind_never_what_is_there(text, says, h
     assert doc is None and len(problems) == 1
     assert says in problems[0].message
     assert hidden is None or hidden not in problems[0].message
+
+
+def test_a_huge_sql_file_is_refused_unread_past_the_cap(tmp_path):
+    cohorts = tmp_path / "cohorts"
+    write(cohorts / "q.sql", "SELECT 1 -- " + "x" * (2 << 20) + "\n")
+    write(cohorts / "big.yaml", "id: big\nname: .Big\nsource: {sql_file: q.sql}\n")
+    specs = load_specs(cohorts, ["default"])
+    assert [(e.file, e.field) for e in specs.errors] == [("big.yaml", "source.sql_file")]
+    assert "is over 1048576 bytes" in specs.errors[0].message and "xxxx" not in str(specs.errors[0])

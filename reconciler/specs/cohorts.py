@@ -22,7 +22,7 @@ from reconciler.specs.rules import DEFAULT_NAME_RULE, LEADING_PERIOD, has_parent
 
 SPEC_GLOBS = ("*.yaml", "*.yml")
 FILE_SUFFIXES = (".txt", ".csv", ".txt.gz", ".csv.gz")
-MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines; anything larger is a mistake
+MAX_SPEC_BYTES = 1 << 20  # a spec (or a SQL file) is a few lines; anything larger is a mistake, or an attack
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -309,7 +309,10 @@ def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[S
         return None, problems + [Problem("source.sql_file", problem)]
     assert sql_path is not None
     try:
-        sql = sql_path.read_text(encoding="utf-8")
+        raw = read_capped(sql_path, MAX_SPEC_BYTES)
+        if len(raw) > MAX_SPEC_BYTES:
+            return None, problems + [Problem("source.sql_file", f"{src['sql_file']!r} is over {MAX_SPEC_BYTES} bytes")]
+        sql = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, problems + [Problem("source.sql_file", f"{src['sql_file']!r} is not valid UTF-8 (byte {exc.start})")]
     except OSError as exc:
@@ -322,7 +325,7 @@ def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[S
 def _id_guess(path: Path) -> str:
     """The id a broken spec most likely has, so its cohort is not taken for deleted."""
     try:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in read_capped(path.resolve(), MAX_SPEC_BYTES).decode("utf-8", errors="replace").splitlines():
             m = re.match(r"^id:\s*['\"]?([A-Za-z0-9][A-Za-z0-9_.-]*)", line)
             if m:
                 return m.group(1)
