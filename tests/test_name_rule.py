@@ -36,7 +36,7 @@ def test_the_default_rule_wants_the_leading_period(repo, capsys):
     repo.spec("bare.yaml", "id: bare\nname: Bare name\nsource: {file: uids/dotted.txt}\n")
     code, _, err = repo.run(capsys, "validate")
     assert code == 1
-    assert "bare.yaml:2: name: 'Bare name' must start with '.'" in err
+    assert "bare.yaml:2: name: 'Bare nam'… must start with '.'" in err
     assert "moengage.name_rule: leading_period" in err and "set moengage.name_rule: no_leading_period" in err
     assert "COHORTSYNC_NAME_RULE" in err
 
@@ -94,7 +94,7 @@ def test_parentheses_warn_but_validate_passes(repo, capsys):
     repo.spec("paren.yaml", "id: paren\nname: .Buyers (90 days)\nsource: {file: uids/dotted.txt}\n")
     code, out, err = repo.run(capsys, "validate")
     assert code == 0 and "2 cohort spec(s) valid" in out
-    assert "paren.yaml: name: warning: '.Buyers (90 days)' has parentheses" in err
+    assert "paren.yaml: name: warning: '.Buyers '… has parentheses" in err
     assert "dotted.yaml" not in err
 
 

@@ -62,7 +62,7 @@ def test_csv_defaults_to_uid_column_then_first(tmp_path):
     ("u.txt", b"ok\nbad\x00uid\n", "u.txt:2: uid 'bad\\x00uid' contains the character '\\x00'"),
     ("u.csv", b'uid\n"multi\nline"\n', "contains the character '\\n'"),
     ("u.csv", b"uid\n\xff\n", "not valid UTF-8"),
-    ("u.csv", b"user\nx\n", "no column 'nope' in the header (columns: user)"),
+    ("u.csv", b"user\nx\n", "no column 'nope' in the header (columns: 'user')"),
     ("u.txt.gz", b"not gzip at all", "cannot read"),
     ("u.txt.gz", gzip.compress(b"a\nb\n" * 1000, mtime=0)[:-20], "truncated"),
 ])

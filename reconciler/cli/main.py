@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import importlib
@@ -170,3 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cohortsync plan | head`
         sys.stderr.close()
         return 0
+    except Exception as exc:  # a bug: one line, not a traceback that may quote the input (-vv logs it)
+        logging.getLogger("cohortsync").debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(exc).__name__}, a bug in cohortsync rather than in the input "
+              "(run again with -vv for the traceback, and report it)", file=sys.stderr)
+        return 1

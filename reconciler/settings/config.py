@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler.common.documents import Document, parse_yaml, schema_problems
 from reconciler.common.errors import ConfigError
+from reconciler.common.quoting import shown
 from reconciler.settings.keys import KEYS
 from reconciler.settings.model import DEFAULT_WORKSPACE, WORKSPACE_NAME, Settings, workspace_variable
 
@@ -143,5 +144,5 @@ def _check_workspaces(data: dict[str, Any], file: str) -> None:
             raise ConfigError("the workspace `default` is the `moengage:` block: configure it there",
                               file=file, field="workspaces.default")
         if not WORKSPACE_NAME.match(str(name)):
-            raise ConfigError(f"{name!r} is not a workspace name: lower-case letters, digits and _, "
+            raise ConfigError(f"{shown(name)} is not a workspace name: lower-case letters, digits and _, "
                               "starting with a letter", file=file, field=f"workspaces.{name}")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.common.quoting import shown
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*$")
@@ -54,7 +56,7 @@ def parse_duration(text: str | int | float) -> float:
         return float(text)
     m = _DURATION.match(str(text))
     if not m:
-        raise ValueError(f"{text!r} is not a duration: use a number with s, m, h or d, e.g. 15m")
+        raise ValueError(f"{shown(text)} is not a duration: use a number with s, m, h or d, e.g. 15m")
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
@@ -70,11 +72,11 @@ class RateLimit:
         """'300/60s' -> RateLimit(300, 60.0); '10/2s', '300/m' also work."""
         m = _RATE.match(str(text))
         if not m or int(m.group(1)) < 1:
-            raise ValueError(f"{text!r} is not a rate limit: use N/Ss, e.g. 300/60s")
+            raise ValueError(f"{shown(text)} is not a rate limit: use N/Ss, e.g. 300/60s")
         amount = float(m.group(2) or 1)
         window = amount * _UNIT_SECONDS[m.group(3) or "s"]
         if window <= 0:
-            raise ValueError(f"{text!r}: the window must be longer than 0 s")
+            raise ValueError(f"{shown(text)}: the window must be longer than 0 s")
         return cls(int(m.group(1)), window)
 
     def __str__(self) -> str:
@@ -94,14 +96,14 @@ def _flag(text: str) -> bool:
         return True
     if text.lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{text!r} is not a boolean: use true or false")
+    raise ValueError(f"{shown(text)} is not a boolean: use true or false")
 
 
 def _whole(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
+        raise ValueError(f"{shown(text)} is not a whole number") from None
 
 
 DATA_CENTRES = ("01", "02", "03", "04", "05", "06", "101")  # MoEngage's: https://api-{dc}.moengage.com
@@ -114,16 +116,18 @@ def data_centre(value: Any, base: Path | None = None) -> str:
     text = str(value).strip()
     if not isinstance(value, bool) and text.isdigit() and int(text) in (1, 2, 3, 4, 5, 6, 101):
         return f"{int(text):02d}"
-    raise ValueError(f"{value!r} is not a MoEngage data centre: use one of {', '.join(DATA_CENTRES)}")
+    raise ValueError(f"{shown(value)} is not a MoEngage data centre: use one of {', '.join(DATA_CENTRES)}")
 
 
 def _name_rule(value: Any, base: Path | None = None) -> str:
     if value not in NAME_RULES:
-        raise ValueError(f"{value!r} is not a cohort-name rule: use {' or '.join(NAME_RULES)}")
+        raise ValueError(f"{shown(value)} is not a cohort-name rule: use {' or '.join(NAME_RULES)}")
     return str(value)
 
 
 def _path(value: Any, base: Path | None) -> Path:
+    if "\0" in str(value):
+        raise ValueError("contains a NUL byte, which no path can hold")
     path = Path(value)
     return path if base is None or path.is_absolute() else base / path
 

@@ -23,6 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.sources.cursors import streaming_cursor
 from reconciler.common.errors import SourceError, short_message
+from reconciler.common.quoting import shown, shown_all
+from reconciler.common.urls import BadUrl, engine_for, parse_url
 from reconciler.sources.ordering import gnu_sort_file
 from reconciler.settings.model import Secret
 from reconciler.specs.cohorts import CohortSpec
@@ -66,7 +68,7 @@ def check_uid(uid: str) -> str | None:
     """Why a uid cannot be sent (control characters, a newline, NUL, a lone surrogate), or None."""
     bad = _BAD_CHARS.search(uid)
     if bad:
-        return f"uid {uid[:60]!r} contains the character {bad.group()!r}, which a uid cannot hold"
+        return f"uid {shown(uid)} contains the character {bad.group()!r}, which a uid cannot hold"
     return None
 
 
@@ -189,7 +191,7 @@ class FileSource:
             fields = reader.fieldnames or []
             column = self.column or ("uid" if "uid" in fields else (fields[0] if fields else None))
             if column not in fields:
-                raise self._error(1, f"no column {column!r} in the header (columns: {', '.join(fields) or 'none'})")
+                raise self._error(1, f"no column {shown(column)} in the header (columns: {shown_all(fields) or 'none'})")
             chunk: list[str] = []
             for row in reader:
                 uid = (row.get(column) or "").strip()
@@ -223,10 +225,10 @@ def source_engine(url: str) -> Engine:
     a file that an export replaced by rename, forever. Server databases keep their pool, checked
     before use so a restarted server costs one reconnect; each read is its own transaction.
     """
-    parsed = sa.engine.make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return sa.create_engine(parsed, poolclass=sa.pool.NullPool)
-    return sa.create_engine(parsed, pool_pre_ping=True)
+        return engine_for(parsed, poolclass=sa.pool.NullPool)
+    return engine_for(parsed, pool_pre_ping=True)
 
 
 class Engines:
@@ -263,8 +265,8 @@ class SqlSource:
             engine = self.engines.get(self.connection)
         except KeyError:
             raise SourceError(self.cohort_id, f"no connection named {self.connection!r} in the config") from None
-        except (SQLAlchemyError, ValueError, ImportError) as exc:
-            raise SourceError(self.cohort_id, f"connection {self.connection!r}: {short_message(exc)}") from exc
+        except BadUrl as exc:
+            raise SourceError(self.cohort_id, f"connection {self.connection!r}: {exc}") from None
         driver_error = engine.dialect.loaded_dbapi.Error  # the driver's own base class
         try:
             with engine.connect() as conn:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,13 +14,15 @@ from pathlib import Path
 
 from reconciler.common.documents import Document, Problem, parse_yaml, schema_problems
 from reconciler.common.errors import SpecError
+from reconciler.common.paths import found_outside, read_capped, resolve_inside
+from reconciler.common.quoting import shown
 from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings, parse_duration
 from reconciler.specs.rules import DEFAULT_NAME_RULE, LEADING_PERIOD, has_parentheses, how_to_switch, \
     period_problem, segment_cap_problem
 
 SPEC_GLOBS = ("*.yaml", "*.yml")
 FILE_SUFFIXES = (".txt", ".csv", ".txt.gz", ".csv.gz")
-MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines; anything larger is a mistake
+MAX_SPEC_BYTES = 1 << 20  # a spec (or a SQL file) is a few lines; anything larger is a mistake, or an attack
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -109,7 +110,7 @@ def name_rule_errors(spec: CohortSpec, rule: str = DEFAULT_NAME_RULE,
         problem = "is too short: put a character after the period"
     if problem is None:
         return []
-    return [SpecError(spec.file, "name", f"{spec.name!r} {problem}: {how_to_switch(rule, workspace)}")]
+    return [SpecError(spec.file, "name", f"{shown(spec.name)} {problem}: {how_to_switch(rule, workspace)}")]
 
 
 def name_rules(accounts: Mapping[str, MoEngageSettings]) -> SpecCheck:
@@ -126,7 +127,7 @@ def name_rules(accounts: Mapping[str, MoEngageSettings]) -> SpecCheck:
 def name_warnings(spec: CohortSpec) -> list[SpecWarning]:
     if not has_parentheses(spec.name):
         return []
-    return [SpecWarning(spec.file, "name", f"{spec.name!r} has parentheses, which MoEngage is reported to refuse "
+    return [SpecWarning(spec.file, "name", f"{shown(spec.name)} has parentheses, which MoEngage is reported to refuse "
                                            "in cohort names (a partner's documentation says so); rename it to be safe")]
 
 
@@ -174,11 +175,17 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str], workspaces: Iterab
     files = spec_files(root)
     for path in files:
         rel = str(path.relative_to(root))
+        refused = found_outside(path, root)
+        if refused:  # never opened: not even its id is guessed
+            errors.append(SpecError(rel, "", refused))
+            broken[rel] = ""
+            continue
         spec, problems = load_spec(path, root, set(connections), set(workspaces), check)
         if spec is not None and spec.id in specs:
-            problems.append(Problem("id", f"{spec.id!r} is also the id of {specs[spec.id].file}; ids must be unique"))
+            problems.append(Problem("id", f"{shown(spec.id)} is also the id of {specs[spec.id].file}; ids must be unique"))
         if spec is not None and spec.name in names:
-            problems.append(Problem("name", f"{spec.name!r} is also the name of {names[spec.name]}; names must be unique"))
+            problems.append(Problem("name", f"{shown(spec.name)} is also the name of {names[spec.name]}; "
+                                    "names must be unique"))
         if problems:
             errors.extend(SpecError(rel, p.field, p.message, p.line) for p in problems)
             broken[rel] = spec.id if spec else _id_guess(path)
@@ -192,11 +199,13 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str], workspaces: Iterab
 def load_spec(path: Path, root: Path, connections: set[str],
               workspaces: set[str] = frozenset({DEFAULT_WORKSPACE}),
               check: SpecCheck | None = None) -> tuple[CohortSpec | None, list[Problem]]:
-    """One spec file: a CohortSpec when it parsed far enough, and its problems."""
+    """One spec file (checked to lie inside `root` already): a CohortSpec when it parsed far enough, and
+    its problems. A file that fails to parse is never quoted: its problems say where, not what."""
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path.resolve(), MAX_SPEC_BYTES)
         if len(raw) > MAX_SPEC_BYTES:
-            return None, [Problem("", f"file is {len(raw)} bytes; a spec must be under {MAX_SPEC_BYTES}")]
+            size = max(path.stat().st_size, len(raw))
+            return None, [Problem("", f"file is {size} bytes; a spec must be under {MAX_SPEC_BYTES}")]
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, [Problem("", f"not valid UTF-8 (byte {exc.start})")]
@@ -229,7 +238,7 @@ def _build(doc: Document, path: Path, root: Path, connections: set[str],
     targets = tuple(data.get("workspaces") or (DEFAULT_WORKSPACE,))
     for name in targets:
         if name not in workspaces:
-            problems.append(Problem("workspaces", f"no workspace named {name!r} in the operator config (known: "
+            problems.append(Problem("workspaces", f"no workspace named {shown(name)} in the operator config (known: "
                                     f"{', '.join(sorted(workspaces))})", doc.line_of(("workspaces",))))
     source, source_problems = _source(data["source"], path, root, connections)
     problems += [Problem(p.field, p.message, doc.line_of(tuple(p.field.split(".")))) for p in source_problems]
@@ -277,12 +286,12 @@ def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[S
     if "file" in src:
         if "connection" in src:
             problems.append(Problem("source.connection", "a file source takes no connection; remove it"))
-        file, problem = resolve_inside(src["file"], path, root)
+        file, problem = resolve_inside(src["file"], path.parent, root)
         if problem:
             return None, problems + [Problem("source.file", problem)]
         assert file is not None
         if not file.name.lower().endswith(FILE_SUFFIXES):
-            problems.append(Problem("source.file", f"{src['file']!r} must end in {', '.join(FILE_SUFFIXES)}"))
+            problems.append(Problem("source.file", f"{shown(src['file'])} must end in {', '.join(FILE_SUFFIXES)}"))
         if "column" in src and ".csv" not in file.name.lower():
             problems.append(Problem("source.column", "column applies to .csv files only; remove it"))
         return SourceSpec("file", path=file, column=src.get("column")), problems
@@ -291,38 +300,32 @@ def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[S
     connection = src.get("connection", "default")
     if connection not in connections:
         known = ", ".join(sorted(connections)) or "none"
-        problems.append(Problem("source.connection", f"no connection named {connection!r} in the operator config (known: {known})"))
+        problems.append(Problem("source.connection",
+                                f"no connection named {shown(connection)} in the operator config (known: {known})"))
     if "sql" in src:
         return SourceSpec("sql", connection=connection, sql=src["sql"]), problems
-    sql_path, problem = resolve_inside(src["sql_file"], path, root)
+    sql_path, problem = resolve_inside(src["sql_file"], path.parent, root)
     if problem:
         return None, problems + [Problem("source.sql_file", problem)]
     assert sql_path is not None
     try:
-        sql = sql_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, problems + [Problem("source.sql_file", f"cannot read {src['sql_file']!r}: {exc}")]
+        raw = read_capped(sql_path, MAX_SPEC_BYTES)
+        if len(raw) > MAX_SPEC_BYTES:
+            return None, problems + [Problem("source.sql_file", f"{src['sql_file']!r} is over {MAX_SPEC_BYTES} bytes")]
+        sql = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, problems + [Problem("source.sql_file", f"{src['sql_file']!r} is not valid UTF-8 (byte {exc.start})")]
+    except OSError as exc:
+        return None, problems + [Problem("source.sql_file", f"cannot read {src['sql_file']!r}: {exc.strerror}")]
     if not sql.strip():
         problems.append(Problem("source.sql_file", f"{src['sql_file']!r} is empty"))
     return SourceSpec("sql_file", connection=connection, sql=sql, path=sql_path), problems
 
 
-def resolve_inside(relative: str, spec_path: Path, root: Path) -> tuple[Path | None, str | None]:
-    """A path relative to the spec file that must stay inside the cohorts directory."""
-    if os.path.isabs(relative) or relative.startswith("~"):
-        return None, f"{relative!r} is absolute; give a path relative to the spec file"
-    if ".." in Path(relative).parts:
-        return None, f"{relative!r} climbs out with '..'; keep sources inside the cohorts directory"
-    target = (spec_path.parent / relative).resolve()
-    if not target.is_relative_to(root):
-        return None, f"{relative!r} resolves to {target}, outside the cohorts directory (a symlink out?)"
-    return target, None
-
-
 def _id_guess(path: Path) -> str:
     """The id a broken spec most likely has, so its cohort is not taken for deleted."""
     try:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in read_capped(path.resolve(), MAX_SPEC_BYTES).decode("utf-8", errors="replace").splitlines():
             m = re.match(r"^id:\s*['\"]?([A-Za-z0-9][A-Za-z0-9_.-]*)", line)
             if m:
                 return m.group(1)

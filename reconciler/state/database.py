@@ -15,21 +15,24 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.common.errors import StateError, short_message
+from reconciler.common.urls import BadUrl, engine_for, parse_url
 
 
 def make_engine(url: str) -> Engine:
     """An engine for the state URL; SQLite gets WAL, a busy timeout and its folder created."""
     try:
-        parsed = sa.engine.make_url(url)
-    except (sa.exc.ArgumentError, ValueError) as exc:
-        raise StateError(f"state_url is not a database URL: {exc}") from exc
-    if parsed.get_backend_name() == "sqlite":
+        parsed = parse_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            return engine_for(parsed, pool_pre_ping=True)
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
+        engine = engine_for(parsed, connect_args={"timeout": 30})
+    except BadUrl as exc:
+        raise StateError(f"state_url: {exc}") from None
+    except OSError as exc:
+        raise StateError(f"state_url: cannot create the folder of the SQLite file: {exc.strerror}") from None
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
