@@ -318,7 +318,8 @@ def _plan_for(spec: CohortSpec, record: CohortRecord | None, workspace: str) -> 
     return CohortPlan(spec.id, spec.name, UNCHANGED, description=spec.description, workspace=workspace,
                       mode=spec.mode, file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest,
                       unconfirmed=record.unconfirmed if record else 0,
-                      unconfirmed_since=record.unconfirmed_since if record else None)
+                      unconfirmed_since=record.unconfirmed_since if record else None,
+                      reads=list(spec.source.reads))
 
 
 def _failed(prepared: PreparedPlan, exc: Exception) -> PreparedPlan:

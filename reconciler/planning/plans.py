@@ -46,6 +46,7 @@ class CohortPlan:
     spec_digest: str | None = None
     desired_digest: str | None = None  # of the desired set, when asked for (saved plans)
     resync: bool = False  # every desired uid re-sent, and the changelog's leavers removed (planning/resync.py)
+    reads: list[str] = field(default_factory=list)  # the dbt models the source reads (unique ids)
 
     @property
     def key(self) -> str:
@@ -71,6 +72,7 @@ class CohortPlan:
             "reason": self.reason, "forced": self.forced,
             "sample_adds": self.sample_adds, "sample_removes": self.sample_removes,
             **({"resync": True} if self.resync else {}),  # only when asked for: plans keep their shape
+            **({"reads": self.reads} if self.reads else {}),  # only for a dbt_model source, likewise
         }
 
 
