@@ -32,7 +32,9 @@ def trigger(args: argparse.Namespace) -> int:
     manifest = Path(args.manifest) if args.manifest else settings.dbt.manifest
     run_results = Path(args.run_results) if args.run_results else manifest.parent / "run_results.json"
     built = rebuilt(run_results)
-    specs = load_checked(settings, Manifests(manifest))
+    manifests = Manifests(manifest)
+    manifests.get()  # a missing or broken manifest is this command's error, not a warning per spec
+    specs = load_checked(settings, manifests)
     for err in specs.errors:  # their cohorts cannot be matched: say so, `validate` tells the rest
         print(f"warning: not matched, the spec does not load: {err}", file=sys.stderr)
     cohorts = cohorts_reading(specs, built)
