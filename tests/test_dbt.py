@@ -94,10 +94,10 @@ def test_only_models_built_with_success_count_as_rebuilt() -> None:
     assert statuses()[f"{PKG}.after_broken"] == "skipped" and f"{PKG}.after_broken" not in built
 
 
-def dbt_repo(tmp_path: Path, manifest: Path = MANIFEST, **specs: str) -> Repo:
+def dbt_repo(tmp_path: Path, manifest: Path = MANIFEST, base_url: str | None = None, **specs: str) -> Repo:
     """A repository whose cohorts read dbt models (`cohort=model`), with dbt.manifest set."""
     repo = Repo(tmp_path, connections={"warehouse": f"sqlite:///{tmp_path / 'wh.db'}"},
-                dbt={"manifest": str(manifest)})
+                dbt={"manifest": str(manifest)}, base_url=base_url)
     for cid, model in specs.items():
         repo.spec(f"{cid}.yaml", f"id: {cid}\nname: .{cid}\nsource:\n  dbt_model: {model}\n  connection: warehouse\n")
     return repo
@@ -195,3 +195,23 @@ def test_dbt_trigger_refuses_a_missing_manifest(tmp_path: Path, capsys) -> None:
     repo = dbt_repo(tmp_path, tmp_path / "target" / "manifest.json", active="active_users")
     code, _, err = repo.run(capsys, "dbt", "trigger", "--run-results", str(RUN_RESULTS), "--dry-run")
     assert code == 1 and "manifest.json not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_lost_manifest_or_model_keeps_the_members_and_others_go_on(tmp_path: Path, capsys, emulator,
+                                                                     env: dict[str, str]) -> None:
+    manifest = sqlite_manifest(tmp_path)
+    repo = dbt_repo(tmp_path, manifest, emulator.url, active="active_users")
+    repo.file_cohort("plain", ["p1"])
+    assert repo.run(capsys, "apply")[0] == 0
+    members = emulator.members("active")
+    assert members
+    doc = json.loads(manifest.read_text())
+    del doc["nodes"][f"{PKG}.active_users"]  # the model renamed away in dbt
+    manifest.write_text(json.dumps(doc))
+    repo.uids("plain", ["p1", "p2"])
+    code, out, _ = repo.run(capsys, "apply")
+    assert code == 1 and "active" in out
+    assert emulator.members("active") == members and emulator.members("plain") == ["p1", "p2"]
+    manifest.unlink()  # the manifest itself gone
+    code, _, _ = repo.run(capsys, "apply", "--force")
+    assert code == 1 and emulator.members("active") == members
