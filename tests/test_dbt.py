@@ -78,12 +78,15 @@ def test_the_manifest_is_read_again_only_when_it_changed(tmp_path: Path) -> None
     with pytest.raises(DbtError, match="not found"):
         manifests.get()
     path.write_text(MANIFEST.read_text())
+    assert manifests.changed()  # it appeared: what was resolved through it (nothing) is stale
     first = manifests.get()
-    assert manifests.get() is first
+    assert manifests.get() is first and not manifests.changed()
     doc = json.loads(MANIFEST.read_text())
     doc["nodes"][f"{PKG}.active_users"]["relation_name"] = '"elsewhere"."active_users"'
     path.write_text(json.dumps(doc))
+    assert manifests.changed()  # the daemon's spec cache loads the specs again at once
     assert manifests.get().resolve("active_users").relation == '"elsewhere"."active_users"'
+    assert not manifests.changed()
 
 
 def test_only_models_built_with_success_count_as_rebuilt() -> None:

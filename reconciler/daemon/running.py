@@ -64,7 +64,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.manifests = Manifests(self.settings.dbt.manifest)  # read again only when dbt wrote it anew
         self.specs = SpecCache(lambda: load_checked(self.settings, self.manifests), self.state, self.settings,
-                               self.workspaces)
+                               self.workspaces, self.manifests.changed)
         self.standing = Standing()
         self._started_at = time.time()
         self.notifier = Notifier(self.settings.notify, self.settings.alerting)
@@ -130,8 +130,9 @@ class Daemon:
             return
         self._teardown()
         self.settings = settings
-        manifests = Manifests(settings.dbt.manifest)
-        self.specs.rebind(lambda: load_checked(settings, manifests), settings)
+        self.manifests = Manifests(settings.dbt.manifest)
+        manifests = self.manifests
+        self.specs.rebind(lambda: load_checked(settings, manifests), settings, manifests.changed)
         self.metrics.observe_notifier(self.notifier.snapshot())
         self.notifier.close(timeout=1.0)
         self.notifier = Notifier(settings.notify, settings.alerting)

@@ -146,13 +146,21 @@ class Manifests:
         self._seen: tuple[int, int] | None = None
         self._last: Manifest | DbtError | None = None
 
-    def get(self) -> Manifest:
-        """The manifest, or a DbtError saying why there is none."""
+    def _stamp(self) -> tuple[int, int] | None:
         try:
             st = os.stat(self.path)
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
         except OSError:
-            stamp = None
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def changed(self) -> bool:
+        """Whether dbt wrote the manifest since it was last read (specs resolved through it are stale);
+        False before the first read, when nothing was resolved through it yet."""
+        return self._last is not None and self._stamp() != self._seen
+
+    def get(self) -> Manifest:
+        """The manifest, or a DbtError saying why there is none."""
+        stamp = self._stamp()
         if stamp is None or stamp != self._seen or self._last is None:
             try:
                 self._last = Manifest.read(self.path)
