@@ -4,9 +4,11 @@ Two cohorts (one `mirror`, one `add_only`) over a small universe of uids, batche
 each. Between applies, the specs change: members leave, come back, arrive, files are emptied
 (applies use --force). An apply may run under a fault from its k-th request on: the answer is
 lost after MoEngage applied the batch, MoEngage answers 500 after applying it, or the process
-dies just before a send or just after MoEngage applied one. The invariant, after every
-fault-free apply: each `mirror` segment equals its spec exactly, and each `add_only` segment
-holds every uid its spec has now and no uid its spec never had.
+dies just before a send or just after MoEngage applied one. MoEngage may also be told to refuse
+a few uids (a 400 naming the member): their batches are bisected, and a fault may strike half-way
+through a bisection. The invariant, after every fault-free apply: each `mirror` segment equals its
+spec but for uids the state names as refused, and each `add_only` segment holds every uid its spec
+has now (but for refused ones) and no uid its spec never had.
 
 MoEngage is the emulator, a real HTTP server on loopback (in this process, for speed); the
 faults sit at the HTTP client's transport seam, as a dying process or a lost packet would.
@@ -67,6 +69,26 @@ class FaultySession(requests.Session):
         return failed
 
 
+def apply_through(config: Path, session: requests.Session, *, payload: int | None = None,
+                  options: RunOptions = RunOptions()) -> bool:
+    """One apply in this process with `session` as the client's transport: whether it converged (False when killed)."""
+    settings_ = load_settings(str(config))
+    account = dataclasses.replace(settings_.moengage, backoff_base=0.001, backoff_max=0.002,
+                                  max_payload_bytes=payload or settings_.moengage.max_payload_bytes)
+    settings_ = dataclasses.replace(settings_, cohorts_dir=config.parent / "cohorts", moengage=account)
+    state = StateStore.open(settings_.state_url)
+    client = MoEngageClient(settings_.moengage, session=session)
+    reconciler = Reconciler(settings_, state, clients={"default": client})
+    try:
+        return reconciler.apply(reconciler.load(), options=options).ok
+    except Killed:
+        return False
+    finally:
+        reconciler.close()
+        client.close()
+        state.close()
+
+
 class FaultSchedules(RuleBasedStateMachine):
     state_url: str = ""  # set per backend by the test functions below
     workdir: Path = Path()
@@ -86,6 +108,7 @@ class FaultSchedules(RuleBasedStateMachine):
             "moengage": {"base_url": self.server.url, "workspace_id": "WS", "api_key": "k",
                          "max_retries": 1, "timeout": "5s"}}))
         self.spec = {cid: set() for cid in COHORTS}
+        self.refusable: set[str] = set()  # every uid MoEngage was ever told to refuse
         self.ever = {cid: set() for cid in COHORTS}
         for cid, mode in COHORTS.items():
             (self.root / "cohorts" / f"{cid}.yaml").write_text(yaml.safe_dump({
@@ -97,20 +120,8 @@ class FaultSchedules(RuleBasedStateMachine):
         (self.root / "cohorts" / "uids" / f"{cid}.txt").write_text("".join(u + "\n" for u in sorted(self.spec[cid])))
 
     def _apply(self, fault: str | None = None, at: int = 1, resync: bool = False) -> bool:
-        settings_ = load_settings(str(self.root / "cohortsync.yaml"))
-        settings_ = dataclasses.replace(settings_, cohorts_dir=self.root / "cohorts", moengage=dataclasses.replace(
-            settings_.moengage, backoff_base=0.001, backoff_max=0.002, max_payload_bytes=PAYLOAD))
-        state = StateStore.open(self.state_url)
-        client = MoEngageClient(settings_.moengage, session=FaultySession(fault, at))
-        reconciler = Reconciler(settings_, state, clients={"default": client})
-        try:
-            return reconciler.apply(reconciler.load(), options=RunOptions(force=True, resync=resync)).ok
-        except Killed:
-            return False
-        finally:
-            reconciler.close()
-            client.close()
-            state.close()
+        return apply_through(self.root / "cohortsync.yaml", FaultySession(fault, at), payload=PAYLOAD,
+                             options=RunOptions(force=True, resync=resync))
 
     @rule(cid=st.sampled_from(sorted(COHORTS)), members=st.sets(st.sampled_from(UNIVERSE), max_size=30))
     def edit_spec(self, cid: str, members: set[str]) -> None:
@@ -128,6 +139,12 @@ class FaultSchedules(RuleBasedStateMachine):
     def faulty_apply(self, fault: str, at: int) -> None:
         self._apply(fault, at)
         self.converged = False
+
+    @rule(uids=st.sets(st.sampled_from(UNIVERSE), max_size=3))
+    def refuse(self, uids: set[str]) -> None:
+        """MoEngage refuses these uids from now on (none: it refuses nothing any more)."""
+        self.server.emulator.config.refuse_uids = frozenset(uids)
+        self.refusable |= uids
 
     @rule()
     def apply(self) -> None:
@@ -166,8 +183,14 @@ class FaultSchedules(RuleBasedStateMachine):
     def segments_match_the_specs(self) -> None:
         store = self.server.emulator.store
         held = {cid: set((store.segment(cid) or {}).get("members", [])) for cid in COHORTS}
-        assert held["m"] == self.spec["m"], (sorted(held["m"] ^ self.spec["m"]), "mirror")
-        assert self.spec["a"] <= held["a"] <= self.ever["a"], "add_only"
+        state = StateStore.open(self.state_url)
+        try:
+            named = {cid: set(state.refusals.of(cid)) for cid in COHORTS}
+        finally:
+            state.close()
+        assert named["m"] | named["a"] <= self.refusable
+        assert held["m"] ^ self.spec["m"] <= named["m"], (sorted(held["m"] ^ self.spec["m"]), "mirror")
+        assert self.spec["a"] - named["a"] <= held["a"] <= self.ever["a"], "add_only"
 
     def teardown(self) -> None:
         if hasattr(self, "server"):

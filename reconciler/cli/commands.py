@@ -94,7 +94,8 @@ def _selected(args: argparse.Namespace) -> tuple[Selection, RunOptions]:
     """What `plan` and `apply` were asked to cover, and how."""
     resync = getattr(args, "resync", False)
     options = RunOptions(force=args.force, prune=args.prune or None, dry_run=getattr(args, "dry_run", False),
-                         resync=resync, trigger="resync" if resync else "cli")
+                         resync=resync, trigger="resync" if resync else "cli",
+                         retry_refused=getattr(args, "retry_refused", False))
     return Selection.of(args.cohort, args.workspace), options
 
 

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan; refused once anything moved on")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--retry-refused", action="store_true",
+                   help="send again the uids MoEngage refused before (see `cohortsync refused`)")
     _resync(p)
     p.set_defaults(func="reconciler.cli.commands:apply")
 
@@ -78,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="reconciler.cli.operating:members")
+
+    p = sub.add_parser("refused", parents=[common], help="uids MoEngage refused, or that can never be valid, "
+                       "kept and not sent again: uid, error, since")
+    p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    _workspace(p)
+    p.set_defaults(func="reconciler.cli.refusing:refused")
 
     p = sub.add_parser("state", parents=[common], help="copy the state to another database, or check it")
     state = p.add_subparsers(dest="state_command", required=True, metavar="ACTION")

@@ -116,6 +116,11 @@ class CohortApiError(ApiError):
     """Fails this cohort's run (400, an unsendable uid); other cohorts go on."""
 
 
+class MembersRefused(CohortApiError):
+    """A 400 naming the members (or no field): some uid of the batch is refused, the batch is bisected
+    to find which (running/bisecting.py); where it cannot be, it fails the cohort like any 400."""
+
+
 class FatalApiError(ApiError):
     """401/403: nothing more can succeed in this run."""
 

@@ -25,6 +25,8 @@ class Metrics:
         self.synced = Gauge("cohortsync_synced_members", "Members synced per cohort", ["cohort"], registry=r)
         self.unconfirmed = Gauge("cohortsync_unconfirmed_members", "Uids of batches whose answer never came, per "
                                  "cohort: the next plan settles them", ["cohort"], registry=r)
+        self.refused = Gauge("cohortsync_refused_members", "Uids MoEngage refused (or that can never be valid), "
+                             "per cohort: kept and not sent again (`cohortsync refused`)", ["cohort"], registry=r)
         self.last_success = Gauge("cohortsync_last_success_timestamp_seconds", "Last time a cohort converged",
                                   ["cohort"], registry=r)
         self.triggers = Counter("cohortsync_triggers", "Reconciles asked for, by source", ["source"], registry=r)
@@ -40,7 +42,7 @@ class Metrics:
         self._rate_waits_seen: dict[str, int] = {}
 
     def observe_run(self, report: RunReport, seconds: float, synced: dict[str, int], converged_at: dict[str, float],
-                    unconfirmed: dict[str, int] | None = None) -> None:
+                    unconfirmed: dict[str, int] | None = None, refused: dict[str, int] | None = None) -> None:
         self.duration.observe(seconds)
         for o in report.outcomes:
             self.reconciles.labels(o.result).inc()
@@ -54,6 +56,8 @@ class Metrics:
             self.last_success.labels(cohort).set(ts)
         for cohort, count in (unconfirmed or {}).items():
             self.unconfirmed.labels(cohort).set(count)
+        for cohort, count in (refused or {}).items():
+            self.refused.labels(cohort).set(count)
 
     def observe_client(self, stats: ClientStats, rate_waits: int, workspace: str = "default") -> None:
         """Fold a workspace's client counters in, by difference since the last look."""

@@ -247,7 +247,8 @@ class Daemon:
         self.metrics.observe_run(report, time.monotonic() - started,
                                  {cid: r.synced_count for cid, r in records.items()},
                                  {cid: r.last_success_at for cid, r in records.items() if r.last_success_at},
-                                 {cid: r.unconfirmed for cid, r in records.items()})
+                                 {cid: r.unconfirmed for cid, r in records.items()},
+                                 {cid: r.refused for cid, r in records.items()})
         for workspace, client in list(self.reconciler.clients.items()):
             self.metrics.observe_client(client.stats, client.limiter.waits, workspace)
         self.standing.finished(report, self.specs.schedule)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 
-from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer, load_users
+from reconciler.emulator.server import Emulator, EmulatorConfig, EmulatorServer
 from reconciler.emulator.store import SegmentStore
 from reconciler.settings.model import NAME_RULES, MoEngageSettings, RateLimit, parse_duration
 from reconciler.specs.rules import MAX_ACTIVE_SEGMENTS
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", type=parse_duration, default=0.0, help="added to every API request, e.g. 50ms")
     p.add_argument("--answer-latency", type=parse_duration, default=0.0,
                    help="wait between applying a request and answering it, e.g. 2s")
+    p.add_argument("--refuse-uids", metavar="FILE_OR_LIST", default="",
+                   help="uids answered 400 naming the member (a FILE, one a line, or a comma-separated list); "
+                        "GET /_emulator/refused shows them, POST /_emulator/config {\"refuse_uids\": [...]} changes them")
     p.add_argument("--seed", type=int, help="seed for fault injection, for reproducible runs")
 
 
@@ -72,11 +76,23 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
         max_segments=args.max_segments, suspended=args.suspended, error_rate=args.error_rate,
         throttle_rate=args.throttle_rate, drop_rate=args.drop_rate, lose_answer_rate=args.lose_answer_rate,
         latency=args.latency, answer_latency=args.answer_latency,
-        retry_after=args.retry_after, seed=args.seed,
+        retry_after=args.retry_after, seed=args.seed, refuse_uids=frozenset(uid_list(args.refuse_uids)),
     )
     users = load_users(args.users) if args.users else None
     legacy = next(iter(accounts)) if len(accounts) == 1 else ""  # the owner of a file from before workspaces
     return EmulatorServer((args.host, args.port), Emulator(config, SegmentStore(args.db, legacy), users))
+
+
+def load_users(path: str) -> set[str]:
+    with open(path, encoding="utf-8") as fh:
+        return {line.strip() for line in fh if line.strip()}
+
+
+def uid_list(value: str) -> set[str]:
+    """--refuse-uids: a file of uids (one a line), or a comma-separated list."""
+    if value and os.path.isfile(value):
+        return load_users(value)
+    return {u.strip() for u in value.split(",") if u.strip()}
 
 
 def run(args: argparse.Namespace) -> int:

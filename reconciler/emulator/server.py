@@ -27,7 +27,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from reconciler.common.actions import Action
 from reconciler.emulator import lookup
 from reconciler.emulator.store import SegmentStore
-from reconciler.emulator.validation import MISSING, Reply, basic_credentials, validate_body
+from reconciler.emulator.validation import (MISSING, Reply, basic_credentials, lookup_identifiers, refused_member,
+                                            validate_body)
 from reconciler.common.httpio import RefusedBody, discard_body, read_body, send_json
 from reconciler.specs.rules import DEFAULT_NAME_RULE, MAX_ACTIVE_SEGMENTS, SEGMENT_CAP_MESSAGE
 from reconciler.settings.model import NAME_RULES, MoEngageSettings, RateLimit
@@ -57,6 +58,7 @@ class EmulatorConfig:
     latency: float = 0.0  # seconds added to every API request
     answer_latency: float = 0.0  # seconds between applying a request and answering it
     retry_after: float = 1.0  # seconds, sent with injected 429s
+    refuse_uids: frozenset[str] = frozenset()  # members answered 400 naming the member (a row-level error)
     seed: int | None = None
 
     def accounts(self) -> dict[str, str]:
@@ -68,6 +70,8 @@ class EmulatorConfig:
         for key, value in changes.items():
             if key in ("rate_limit", "lookup_rate_limit"):
                 value = RateLimit.parse(value)
+            elif key == "refuse_uids":
+                value = frozenset(map(str, value))
             elif key == "name_rule" and value not in NAME_RULES:
                 raise ValueError(f"name_rule must be one of {', '.join(NAME_RULES)}")
             elif not hasattr(self, key) or key == "seed":
@@ -188,6 +192,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(409, {"error": str(exc)})
                 return
             self._json(200 if seg else 404, seg or {"error": "no such cohort"})
+        elif path == "/_emulator/refused":
+            with emu.lock:
+                refused = [u for r in emu.requests for u in r.get("refused", ())]
+            self._json(200, {"refuse_uids": sorted(emu.config.refuse_uids), "refused_requests": len(refused),
+                             "refused": sorted(set(refused))})
         elif path == "/_emulator/requests":
             with emu.lock:
                 self._json(200, {"requests": list(emu.requests)})
@@ -258,6 +267,7 @@ class Handler(BaseHTTPRequestHandler):
         body = validate_body(raw, cfg.name_rule)
         params = body["parameters"]
         entry.update(action=body["action"], cohort_id=params["cohort_id"], members=len(params["members"]))
+        refused_member(params["members"], cfg.refuse_uids, entry)
         if emu.roll(cfg.error_rate):
             raise Reply(500, "Internal server error (injected)", "", "InternalServerError")
         if emu.roll(cfg.throttle_rate):
@@ -329,7 +339,7 @@ class Handler(BaseHTTPRequestHandler):
             self._check_content_type()
             raw = self._read_body(cfg.max_payload_bytes)
             entry["bytes"] = len(raw)
-            asked = _lookup_identifiers(raw)
+            asked = lookup_identifiers(raw)
             entry["members"] = len(asked)
             if emu.roll(cfg.error_rate):
                 raise Reply(500, "Internal server error (injected)", "", "InternalServerError")
@@ -373,13 +383,6 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
 
-def _lookup_identifiers(raw: bytes) -> list[dict]:
-    try:
-        return lookup.identifiers(raw)
-    except lookup.LookupRefused as refused:
-        raise Reply(400, refused.message, refused.attribute, refused.type) from None
-
-
 class EmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -392,8 +395,3 @@ class EmulatorServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
-
-
-def load_users(path: str) -> set[str]:
-    with open(path, encoding="utf-8") as fh:
-        return {line.strip() for line in fh if line.strip()}

@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Collection
 
+from reconciler.emulator import lookup
 from reconciler.moengage.batching import ACTIONS
 from reconciler.specs.rules import DEFAULT_NAME_RULE, cohort_name_problem
 
 MISSING = "MissingAttributeError"  # MoEngage's documented error type for an absent field or header
+INVALID_MEMBER = "InvalidAttributeError"  # our choice for a member MoEngage refuses (its docs show no example)
 
 
 class Reply(Exception):
@@ -72,3 +75,24 @@ def _require(obj: dict, key: str, attribute: str, kind: type = str, what: str = 
     if not isinstance(obj[key], kind):
         raise Reply(400, f"{attribute} must be {what}", attribute, "ValidationError")
     return obj[key]
+
+
+def refused_member(members: list[dict], refuse: Collection[str], entry: dict) -> None:
+    """A Reply(400) naming the first member whose uid `--refuse-uids` lists, as MoEngage refuses a
+    request as a whole for one invalid member: attribute `parameters.members[i].uid`."""
+    if not refuse:
+        return
+    refused = [(i, m["uid"]) for i, m in enumerate(members) if m["uid"] in refuse]
+    if refused:
+        entry["refused"] = [uid for _, uid in refused]
+        i, uid = refused[0]
+        raise Reply(400, f"parameters.members[{i}].uid is not a valid user id", f"parameters.members[{i}].uid",
+                    INVALID_MEMBER)
+
+
+def lookup_identifiers(raw: bytes) -> list[dict]:
+    """The Get User API's identifiers, its refusals as a Reply(400)."""
+    try:
+        return lookup.identifiers(raw)
+    except lookup.LookupRefused as refused:
+        raise Reply(400, refused.message, refused.attribute, refused.type) from None

@@ -24,11 +24,13 @@ from reconciler.common.errors import (
     CohortApiError,
     FatalApiError,
     Interrupted,
+    MembersRefused,
     PayloadTooLarge,
     TemporaryApiError,
 )
 from reconciler.common.waiting import pause
 from reconciler.moengage.ratelimit import SlidingWindowLimiter
+from reconciler.moengage.uids import names_members
 from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings
 from reconciler.specs.rules import DEFAULT_NAME_RULE, MAX_ACTIVE_SEGMENTS, how_to_switch
 
@@ -217,6 +219,7 @@ def classify(resp: requests.Response, name_rule: str = DEFAULT_NAME_RULE,
     Two answers say more than MoEngage's message: a 429 for the segment cap is no rate limit (it
     fails the cohort at once: waiting will not help), and a 400 on the cohort name may be the name
     rule, which MoEngage's own docs disagree on (the error says which is configured, and how to switch).
+    A 400 naming the members or no field at all is MembersRefused: the caller bisects the batch.
     """
     status = resp.status_code
     message, request_id, attribute, kind = _error_fields(resp)
@@ -230,6 +233,8 @@ def classify(resp: requests.Response, name_rule: str = DEFAULT_NAME_RULE,
         return TemporaryApiError(message, delay=retry_after(resp.headers.get("Retry-After")), **kw)
     if status == 400 and "cohort_name" in f"{attribute} {message}":
         return CohortApiError(f"{message}; {how_to_switch(name_rule, workspace)}", **kw)  # type: ignore[arg-type]
+    if status == 400 and names_members(attribute, kind):
+        return MembersRefused(message, **kw)  # type: ignore[arg-type]
     if status in (401, 403):
         return FatalApiError(message, **kw)  # type: ignore[arg-type]
     if status == 413:

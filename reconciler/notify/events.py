@@ -18,9 +18,9 @@ from reconciler.common.statuses import Status
 from reconciler.running.reconciling import RunReport
 from reconciler.settings.model import DEFAULT_WORKSPACE, NotifyTarget
 
-FAILED, BLOCKED, ERROR, UNCONFIRMED = "failed", "blocked", "error", "unconfirmed"
+FAILED, BLOCKED, ERROR, UNCONFIRMED, REFUSED = "failed", "blocked", "error", "unconfirmed", "refused"
 RECOVERED, LEASE_LOST, DAEMON_STOPPED, TEST = "recovered", "lease_lost", "daemon_stopped", "test"
-KINDS = (FAILED, BLOCKED, ERROR, UNCONFIRMED, RECOVERED, LEASE_LOST, DAEMON_STOPPED)  # as in config.schema.json
+KINDS = (FAILED, BLOCKED, ERROR, UNCONFIRMED, REFUSED, RECOVERED, LEASE_LOST, DAEMON_STOPPED)  # as in config.schema.json
 PROBLEMS = {Status.FAILED: FAILED, Status.BLOCKED: BLOCKED, Status.ERROR: ERROR, Status.UNCONFIRMED: UNCONFIRMED}
 
 
@@ -58,22 +58,28 @@ class Event:
 
 
 def events_of(report: RunReport) -> list[Event]:
-    """The alerts of one run: a problem status the cohort was not already in, or the first success after one."""
+    """The alerts of one run: a problem status the cohort was not already in, or the first success after
+    one; and `refused` when uids were refused in this run (each uid is refused once: it is not sent again)."""
     if report.dry_run:
         return []
     events = []
     for outcome in report.outcomes:
         record = report.before.get(outcome.plan.key)
         previous = record.last_status if record else None
+        plan = outcome.plan
+        counts = {"desired": plan.desired or 0, "synced": plan.synced, "adds": plan.adds, "removes": plan.removes,
+                  "sent_adds": outcome.sent_adds, "sent_removes": outcome.sent_removes,
+                  "unconfirmed": outcome.unconfirmed, "refused": outcome.refused}
+        new = len(outcome.refused_now) + plan.refused_new
+        if new:
+            events.append(Event(REFUSED, plan.id, f"{new:,} uids refused in this run (sample: "
+                                f"{', '.join(outcome.sample_refused)}); `cohortsync refused --cohort {plan.id}` "
+                                "lists them with MoEngage's error", report.run_id, plan.workspace, previous, counts))
         kind = PROBLEMS.get(outcome.result)
         if kind is None and outcome.ok and previous in PROBLEMS.values():
             kind = RECOVERED
         elif kind is None or previous == kind:
             continue
-        plan = outcome.plan
-        counts = {"desired": plan.desired or 0, "synced": plan.synced, "adds": plan.adds, "removes": plan.removes,
-                  "sent_adds": outcome.sent_adds, "sent_removes": outcome.sent_removes,
-                  "unconfirmed": outcome.unconfirmed}
         events.append(Event(kind, plan.id, outcome.error or plan.reason, report.run_id, plan.workspace, previous,
                             counts))
     return events

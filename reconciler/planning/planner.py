@@ -23,6 +23,7 @@ from reconciler.common.errors import CohortApiError, SourceError, StateError
 from reconciler.sources.ordering import OutOfOrder, as_text, checked, external_sort, gnu_sort_available
 from reconciler.planning import textdiff
 from reconciler.planning.paths import COMM, FILE, HELPER, SORT_FILE, SORT_INTO_COMM, Facts, Path, choose
+from reconciler.planning.refusals import HeldBack, held_back
 from reconciler.planning.readahead import ReadAhead, SyncedMembers, shareable, synced_members
 from reconciler.planning.resync import resync_diff
 from reconciler.planning.unconfirmed import Unconfirmed
@@ -80,6 +81,7 @@ class PreparedPlan:
     adds: Spill | None = None
     re_removes: Spill | None = None  # uncertain uids, not members, not desired
     re_adds: Spill | None = None  # uncertain uids, members, desired
+    held: HeldBack | None = None  # what the diff kept from MoEngage: refused uids (planning/refusals.py)
 
     def spills(self) -> list[Spill]:
         return [s for s in self._all() if s is not None and s.count]
@@ -102,7 +104,7 @@ class Planner:
         return Envelope(action, self.settings.partner, cohort_id, name, description)
 
     def plan_cohort(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False,
-                    workspace: str = DEFAULT_WORKSPACE) -> PreparedPlan:
+                    workspace: str = DEFAULT_WORKSPACE, retry_refused: bool = False) -> PreparedPlan:
         """Diff one cohort's source against its synced members in one workspace."""
         plan = _plan_for(spec, record, workspace)
         prepared = PreparedPlan(plan)
@@ -110,11 +112,12 @@ class Planner:
         try:
             source = open_source(spec, self.engines, self.settings.statement_timeout)
             plan.source_digest = source.digest()
-            if _unchanged_since(record, spec, plan.source_digest):
+            if _unchanged_since(record, spec, plan.source_digest) and not (retry_refused and plan.refused):
                 plan.desired = record.synced_count  # type: ignore[union-attr]
                 log.debug("cohort %s: spec and source unchanged since it converged", plan.key)
                 return prepared
             uncertain = self.unconfirmed(plan.key, plan.unconfirmed)
+            prepared.held = held_back(self.state, plan, record, retry_refused)
             self._diff(prepared, spec, source, record, uncertain)
         except (SourceError, CohortApiError, StateError, OSError) as exc:  # OSError: a sort, a spill to disk
             return _failed(prepared, exc)
@@ -124,7 +127,7 @@ class Planner:
         return prepared
 
     def plan_resync(self, spec: CohortSpec, record: CohortRecord | None, *, force: bool = False,
-                    workspace: str = DEFAULT_WORKSPACE) -> PreparedPlan:
+                    workspace: str = DEFAULT_WORKSPACE, retry_refused: bool = False) -> PreparedPlan:
         """Every desired uid re-sent, and (mirror) every leaver not desired now removed; guards apply.
 
         Without a changelog (`changelog.retention: 0`) only the uncertain uids count as leavers.
@@ -135,6 +138,7 @@ class Planner:
         try:
             source = open_source(spec, self.engines, self.settings.statement_timeout)
             plan.source_digest = source.digest()
+            prepared.held = held_back(self.state, plan, record, retry_refused)
             with gc_paused(), reading(source) as chunks:
                 self._spill_resync(prepared, spec, external_sort(chunks))
         except (SourceError, CohortApiError, StateError, OSError) as exc:
@@ -155,18 +159,19 @@ class Planner:
         leavers: Iterable[list[str]] = ()
         if mirror:
             leavers = external_sort(_chained(self.state.changelog.leavers(plan.key), self.state.unconfirmed_uids(plan.key)))
-        tally = Tally()
+        tally, held = Tally(), prepared.held or HeldBack()
         for part in resync_diff(desired, synced_in_order(self.state, plan.key), leavers, tally):
-            spills[0].write(part.adds)
+            spills[0].write(held.adds(part.adds))
             spills[1].write(part.re_adds)
             if mirror:
-                spills[2].write(part.removes)
+                spills[2].write(held.removes(part.removes))
                 spills[3].write(part.re_removes)
         plan.desired, plan.synced = tally.desired, tally.synced
         plan.adds, plan.removes = spills[0].count + spills[1].count, spills[2].count + spills[3].count
         plan.requests = sum(spill.requests for spill in spills)
         plan.sample_adds = (spills[0].samples + spills[1].samples)[:SAMPLES]
         plan.sample_removes = (spills[2].samples + spills[3].samples)[:SAMPLES]
+        plan.refused, plan.sample_refused, plan.refused_new = held.count, held.samples, len(held.local)
 
     def unconfirmed(self, cohort_id: str, count: int) -> Unconfirmed:
         """The cohort's uncertain uids and which of them are members; nothing is read when there are none."""
@@ -269,6 +274,7 @@ class Planner:
         prepared.adds = adds = self._spill(Action.ADD, plan)
         prepared.removes = removes = self._spill(Action.REMOVE, plan)
         tally = Tally()
+        held = prepared.held = (prepared.held or HeldBack()).fresh()
         mirror = spec.mode == "mirror"
         digest = hashlib.sha256() if self.digest_desired and not isinstance(desired, str) else None
         if digest is not None:
@@ -281,9 +287,9 @@ class Planner:
             assert not isinstance(desired, str)
             pairs = merge_diff(desired, synced, tally)
         for added, removed in pairs:
-            adds.write(added)
+            adds.write(held.adds(added))
             if mirror:
-                removes.write(removed)
+                removes.write(held.removes(removed))
             if uncertain:
                 uncertain.note(added, removed)
         plan.desired, plan.synced = tally.desired, tally.synced
@@ -296,6 +302,7 @@ class Planner:
         plan.requests = sum(s.requests for s in spills)
         plan.sample_adds = (adds.samples + (prepared.re_adds.samples if prepared.re_adds else []))[:SAMPLES]
         plan.sample_removes = (removes.samples + (prepared.re_removes.samples if prepared.re_removes else []))[:SAMPLES]
+        plan.refused, plan.sample_refused, plan.refused_new = held.count, held.samples, len(held.local)
 
     def _spill_resends(self, prepared: PreparedPlan, uncertain: Unconfirmed, mirror: bool) -> None:
         """Uncertain uids the diff did not cover; in add_only the undesired ones just stay uncertain."""
@@ -319,6 +326,7 @@ def _plan_for(spec: CohortSpec, record: CohortRecord | None, workspace: str) -> 
                       mode=spec.mode, file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest,
                       unconfirmed=record.unconfirmed if record else 0,
                       unconfirmed_since=record.unconfirmed_since if record else None,
+                      refused=record.refused if record else 0,
                       reads=list(spec.source.reads))
 
 

@@ -46,6 +46,10 @@ class CohortPlan:
     spec_digest: str | None = None
     desired_digest: str | None = None  # of the desired set, when asked for (saved plans)
     resync: bool = False  # every desired uid re-sent, and the changelog's leavers removed (planning/resync.py)
+    refused: int = 0  # uids held back: refused by MoEngage before, or never valid (planning/refusals.py)
+    sample_refused: list[str] = field(default_factory=list)
+    refused_new: int = 0  # of those, uids refused by this plan's own checks (never valid), not kept before
+    refused_retry: bool = False  # --retry-refused: the held-back uids are sent, and an acceptance clears them
     reads: list[str] = field(default_factory=list)  # the dbt models the source reads (unique ids)
 
     @property
@@ -72,6 +76,7 @@ class CohortPlan:
             "reason": self.reason, "forced": self.forced,
             "sample_adds": self.sample_adds, "sample_removes": self.sample_removes,
             **({"resync": True} if self.resync else {}),  # only when asked for: plans keep their shape
+            **({"refused": self.refused, "sample_refused": self.sample_refused} if self.refused else {}),
             **({"reads": self.reads} if self.reads else {}),  # only for a dbt_model source, likewise
         }
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reconciler.common.actions import Action
-from reconciler.common.errors import ApiError, FatalApiError, Interrupted, LeaseLost, StateError, Yielded
+from reconciler.common.errors import (ApiError, FatalApiError, Interrupted, LeaseLost, MembersRefused, StateError,
+                                     Yielded)
 from reconciler.common.statuses import Status
 from reconciler.moengage.batching import Batch, pack
 from reconciler.moengage.client import MoEngageClient
 from reconciler.planning.planner import PreparedPlan, Spill
-from reconciler.planning.plans import CohortPlan
+from reconciler.planning.plans import SAMPLES, CohortPlan
+from reconciler.running.bisecting import MAX_REFUSED, Bisection
 from reconciler.running.progress import NoProgress, Progress
 from reconciler.state.fencing import Fence
 from reconciler.state.records import ChangeNote, Counts, RunRecord, Ending
@@ -40,6 +42,8 @@ class CohortOutcome(Counts):
     error: str | None = None
     fatal: bool = False  # MoEngage refused the credentials or the account: nothing more goes to that workspace
     yielded: bool = False  # set aside between batches for more urgent work: the rest is sent after it
+    refused_now: list[str] = field(default_factory=list)  # uids MoEngage refused in this run (bisected)
+    bisect_requests: int = 0  # requests spent finding them
 
     @property
     def ok(self) -> bool:
@@ -49,7 +53,23 @@ class CohortOutcome(Counts):
         return {**self.plan.as_json(), "result": self.result, "sent_adds": self.sent_adds,
                 "sent_removes": self.sent_removes, "requests_sent": self.requests, "retries": self.retries,
                 "throttled": self.throttled, "bytes": self.bytes, "seconds": round(self.seconds, 3),
-                "unconfirmed_sent": self.unconfirmed, "error": self.error}
+                "unconfirmed_sent": self.unconfirmed, "error": self.error, **self.refused_json()}
+
+    @property
+    def refused(self) -> int:
+        """Uids of this cohort not sent or not accepted in this run: held back by the plan, or refused now."""
+        return self.plan.refused + len(self.refused_now)
+
+    @property
+    def sample_refused(self) -> list[str]:
+        return (self.refused_now + self.plan.sample_refused)[:SAMPLES]
+
+    def refused_json(self) -> dict:
+        """The refused fields, only when there are any: JSON keeps its shape otherwise."""
+        if not self.refused:
+            return {}
+        return {"refused": self.refused, "sample_refused": self.sample_refused,
+                "refused_now": len(self.refused_now), "bisect_requests": self.bisect_requests}
 
 
 class Applier:
@@ -81,6 +101,7 @@ class Applier:
         self.progress.start(plan)
         lost = False
         try:
+            self.note_refusals(prepared, fence)
             for spill in prepared.spills():
                 note = change_note(plan, spill, run.run_id) if self.changelog else None
                 for batch in pack(spill.envelope, spill, client.settings.max_payload_bytes):
@@ -119,9 +140,18 @@ class Applier:
                 _finish(self.state, run, outcome, fence)
         return outcome
 
+    def note_refusals(self, prepared: PreparedPlan, fence: Fence | None = None) -> None:
+        """Write down what the plan refused before sending, and drop refusals whose presence changed."""
+        held = prepared.held
+        if held is not None and held.writes:
+            self.state.refusals.update(prepared.plan.key, Action.ADD, held.local, held.stale, fence)
+
     def _send(self, batch: Batch, spill: Spill, client: MoEngageClient, run: RunRecord, outcome: CohortOutcome,
-              note: ChangeNote | None, fence: Fence | None) -> None:
-        """Pending before send, settled on answer; a batch that may have been applied stays pending."""
+              note: ChangeNote | None, fence: Fence | None, *, bisect: bool = True) -> None:
+        """Pending before send, settled on answer; a batch that may have been applied stays pending.
+
+        A 400 naming the members (or no field) refuses the batch, which is then bisected
+        (bisecting.py): each part is sent as a batch of its own, with `bisect` False."""
         plan, action, state = outcome.plan, spill.envelope.action, self.state
         if fence is not None:
             fence.check_local()
@@ -132,7 +162,8 @@ class Applier:
             for part in client.send(batch, fence.check_local if fence is not None else None):  # parts: after a 413
                 settled += len(part.uids)
                 state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
-                                   write_members=not spill.resend, note=note, fence=fence)
+                                   write_members=not spill.resend, note=note, fence=fence,
+                                   clear_refused=plan.refused_retry)
                 outcome.count_sent(action, len(part.uids))
                 self.progress.advance(len(part.uids))
                 log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.key, action, len(part.uids),
@@ -140,9 +171,30 @@ class Applier:
         except (ApiError, Interrupted) as exc:
             if exc.maybe_applied:
                 outcome.unconfirmed += len(batch.uids) - settled
-            else:
-                state.refuse_batch(batch_id, fence)
-            raise
+                raise
+            state.refuse_batch(batch_id, fence)
+            if not (bisect and isinstance(exc, MembersRefused)):
+                raise
+            self._bisect(batch, batch.uids[settled:], exc, spill, client, run, outcome, note, fence)
+
+    def _bisect(self, batch: Batch, uids: tuple[str, ...], error: MembersRefused, spill: Spill, client: MoEngageClient,
+                run: RunRecord, outcome: CohortOutcome, note: ChangeNote | None, fence: Fence | None) -> None:
+        """Find the refused uids among `uids`; every part goes out (and is settled) as a batch of its own."""
+        plan, action = outcome.plan, spill.envelope.action
+
+        def send(part: tuple[str, ...]) -> None:
+            self._send(Batch.build(batch.envelope, part), spill, client, run, outcome, note, fence, bisect=False)
+
+        def refuse(uid: str, why: str) -> None:
+            self.state.refuse_uids(plan.cohort, action, [(uid, why)], fence)
+            outcome.refused_now.append(uid)
+            self.progress.advance(1)
+
+        bisection = Bisection(plan.key, send, refuse, limit=MAX_REFUSED - len(outcome.refused_now))
+        try:
+            bisection.run(uids, error)
+        finally:
+            outcome.bisect_requests += bisection.requests
 
 
 def change_note(plan: CohortPlan, spill: Spill, run_id: str) -> ChangeNote:
@@ -158,7 +210,7 @@ def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome, fence: Fe
     plan = outcome.plan
     run.status, run.error, run.finished_at = outcome.result, outcome.error, time.time()
     run.take_counts(outcome)
-    run.failed = (plan.adds - outcome.sent_adds) + (plan.removes - outcome.sent_removes)
+    run.failed = (plan.adds - outcome.sent_adds) + (plan.removes - outcome.sent_removes) - len(outcome.refused_now)
     try:
         state.record_run(run, fence)
         if outcome.result == Status.PRUNED:

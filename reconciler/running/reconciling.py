@@ -141,9 +141,11 @@ class Reconciler:
         for target in selection.targets(specs, records):
             spec, record, workspace = target.spec, target.record, target.workspace
             if spec is not None and options.resync:
-                yield self.planner.plan_resync(spec, record, force=options.force, workspace=workspace)
+                yield self.planner.plan_resync(spec, record, force=options.force, workspace=workspace,
+                                               retry_refused=options.retry_refused)
             elif spec is not None:
-                yield self.planner.plan_cohort(spec, record, force=options.force, workspace=workspace)
+                yield self.planner.plan_cohort(spec, record, force=options.force, workspace=workspace,
+                                               retry_refused=options.retry_refused)
             elif workspace not in self.settings.accounts:
                 yield self.planner.plan_orphan(record, prune=False, reason=(  # type: ignore[arg-type]
                     f"its workspace {workspace!r} is no longer in the config: members left as they are"))
@@ -205,6 +207,8 @@ class Reconciler:
         if options.dry_run or not plan.actionable:
             try:
                 self._note_idle(plan, run.records.get(plan.key), options.dry_run)
+                if not options.dry_run:
+                    self.applier.note_refusals(prepared, self.fences(plan.key))
             except LeaseLost as exc:  # another replica or an apply took the cohort: it records the standing
                 fence = self.fences(plan.key)
                 if fence is not None:

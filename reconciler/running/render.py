@@ -39,6 +39,8 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
             lines.append(f"    reads dbt {', '.join(p.reads)}")
         if p.unconfirmed:
             lines.append(f"    {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}")
+        if p.refused:
+            lines.append(f"    {_refused(p.refused, p.sample_refused)}")
         if p.sample_adds and p.status != Status.UNCHANGED:
             lines.append(f"    + {', '.join(p.sample_adds)}{' ...' if p.adds > len(p.sample_adds) else ''}")
         if p.sample_removes and p.status != Status.UNCHANGED:
@@ -66,6 +68,11 @@ def _unconfirmed(count: int, since: float | None) -> str:
             "the plan re-sends whatever settles them")
 
 
+def _refused(count: int, sample: Sequence[str]) -> str:
+    shown = f" ({', '.join(sample)}{' ...' if count > len(sample) else ''})" if sample else ""
+    return f"{count:,} uids refused{shown}: not sent; `cohortsync refused` lists them with MoEngage's error"
+
+
 def plan_json(plans: Sequence[CohortPlan]) -> str:
     doc = {"format_version": FORMAT_VERSION, "cohorts": [p.as_json() for p in plans], "totals": totals(list(plans))}
     return json.dumps(doc, indent=2, ensure_ascii=False)
@@ -84,6 +91,8 @@ def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT
                 _unconfirmed(p.unconfirmed, p.unconfirmed_since)
         if p.reads:
             note = "; ".join(n for n in (note, "reads " + ", ".join(f"`{m}`" for m in p.reads)) if n)
+        if p.refused:
+            note = f"{note}; {_refused(p.refused, p.sample_refused)}" if note else _refused(p.refused, p.sample_refused)
         note = _md_cell(note)
         head.append(f"| `{p.key}` | {p.status} | {desired} | {p.synced:,} | +{p.adds:,} | -{p.removes:,} | {p.requests:,} | {note} |")
     details = []
@@ -111,6 +120,8 @@ def report_text(report: RunReport) -> str:
         lines.append(f"  {o.plan.key:<{width}}  {o.result:<10} {o.sent_adds:>10,} {o.sent_removes:>10,} {o.requests:>9,}")
         if o.error or (o.plan.reason and o.result in (Status.BLOCKED, Status.ERROR, Status.ORPHANED, Status.SUSPENDED)):
             lines.append(f"  {'':<{width}}  {o.error or o.plan.reason}")
+        if o.refused:
+            lines.append(f"  {'':<{width}}  {_refused(o.refused, o.sample_refused)}")
     if report.stopped:
         lines.append(f"\nStopped: {report.stopped}")
     failed = [o.plan.key for o in report.outcomes if not o.ok]
@@ -139,7 +150,8 @@ def status_rows(records: dict[str, CohortRecord]) -> list[dict[str, Any]]:
              "converged": r.converged,
              "last_status": r.last_status, "last_run": _when(r.last_run_at), "last_success": _when(r.last_success_at),
              "last_error": r.last_error, "unconfirmed": r.unconfirmed,
-             "unconfirmed_since": _when(r.unconfirmed_since) if r.unconfirmed_since else None}
+             "unconfirmed_since": _when(r.unconfirmed_since) if r.unconfirmed_since else None,
+             "refused": r.refused}
             for r in records.values()]
 
 
@@ -158,6 +170,9 @@ def status_text(records: dict[str, CohortRecord], holders: dict[str, str] | None
         if r["unconfirmed"]:
             out.append(f"{'':<{width}}  {r['unconfirmed']:,} uids unconfirmed since {r['unconfirmed_since']}: "
                        "the next plan settles them")
+        if r["refused"]:
+            out.append(f"{'':<{width}}  {r['refused']:,} uids refused, not sent: `cohortsync refused --cohort "
+                       f"{r['cohort']}` lists them")
     return "\n".join(out)
 
 

@@ -82,6 +82,7 @@ class RunOptions:
     prune: bool | None = None  # empty orphans; None: the config's `prune`
     dry_run: bool = False  # plan and report, send and write nothing
     resync: bool = False  # every desired uid re-sent, the changelog's leavers removed (planning/resync.py)
+    retry_refused: bool = False  # send the uids MoEngage refused before again (state/refused.py)
     trigger: str = "cli"  # what asked for it, as history shows it
     expected: Mapping[str, str] | None = None  # a saved plan's fingerprints per state key: a cohort that differs is refused
     yield_to: threading.Event | None = field(default=None, compare=False)  # once set, no further cohort starts

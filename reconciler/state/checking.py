@@ -4,7 +4,7 @@ A pending batch may outlive any number of runs (its uids are unconfirmed until a
 them), so age is no fault. What must hold: the schema is the one this cohortsync writes; a uid
 is pending in at most one batch of its cohort (the plan's re-send rests on it); each pending
 batch's and changelog entry's count is its number of uids; each cohort's `synced_count` is its
-number of member rows; and no members belong to a cohort without a record.
+number of member rows; no members belong to a cohort without a record, nor do refused uids.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from reconciler.common.errors import StateError
 from reconciler.state.database import decode
-from reconciler.state.schema import SCHEMA_VERSION, batches, changelog, cohorts, members
+from reconciler.state.refused import digest
+from reconciler.state.schema import SCHEMA_VERSION, batches, changelog, cohorts, members, refused
 from reconciler.state.store import StateStore
 
 
@@ -30,6 +31,7 @@ def check_state(store: StateStore) -> list[str]:
     problems = _counts(store)
     problems += _pending(store)
     problems += _changelog(store)
+    problems += _refused(store)
     return problems
 
 
@@ -70,3 +72,14 @@ def _changelog(store: StateStore) -> list[str]:
             if blob and found != count:
                 problems.append(f"changelog entry {entry_id} of {cid}: count {count} but {found} uids")
     return problems
+
+
+def _refused(store: StateStore) -> list[str]:
+    """Each refusal belongs to a cohort with a record, under its uid's digest."""
+    with store.engine.connect() as conn:
+        recorded = set(conn.execute(sa.select(cohorts.c.id)).scalars())
+        rows = conn.execute(sa.select(refused.c.cohort_id, refused.c.uid, refused.c.digest)).all()
+    problems = [f"refused uid {uid[:40]!r} of {cid}, which has no cohort record" for cid, uid, _ in rows
+                if cid not in recorded]
+    return problems + [f"refused uid {uid[:40]!r} of {cid}: its key is not its digest" for cid, uid, key in rows
+                       if key != digest(uid)]

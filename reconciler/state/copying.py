@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from reconciler.common.errors import StateError
-from reconciler.state.schema import batches, changelog, cohorts, members, meta, runs
+from reconciler.state.schema import batches, changelog, cohorts, members, meta, refused, runs
 from reconciler.state.store import _PLACEHOLDERS, StateStore, synced_in_order
 
 ROWS = 500  # rows of the smaller tables per piece (changelog and pending rows carry uid blobs)
-TABLES = (cohorts, batches, runs, changelog)  # copied row by row; members and meta have their own way
+TABLES = (cohorts, batches, runs, changelog, refused)  # copied row by row; members and meta have their own way
 SERIAL = (batches, runs, changelog)  # tables whose ids are copied: PostgreSQL's sequences must follow
 
 
@@ -41,7 +41,7 @@ def copy_state(source: StateStore, target: StateStore, *, force: bool = False,
         raise StateError(f"the target state is not empty ({held}): pass --force to replace it")
     report = CopyReport()
     with target.engine.begin() as conn:
-        for table in (changelog, runs, batches, members, cohorts):
+        for table in (refused, changelog, runs, batches, members, cohorts):
             conn.execute(table.delete())
         for table in TABLES:
             report.rows[table.name] = _copy_rows(source, conn, table, progress)
@@ -88,7 +88,7 @@ def _held(store: StateStore) -> str:
     """What a state already holds, as text ("" when empty)."""
     with store.engine.connect() as conn:
         counts = {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-                  for t in (cohorts, members, batches, runs, changelog)}
+                  for t in (cohorts, members, batches, runs, changelog, refused)}
     return ", ".join(f"{n:,} rows in {name}" for name, n in counts.items() if n)
 
 

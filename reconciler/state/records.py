@@ -23,6 +23,7 @@ class CohortRecord:
     last_error: str | None
     unconfirmed: int = 0  # uids of batches whose answer never came
     unconfirmed_since: float | None = None  # when the oldest of those batches was sent
+    refused: int = 0  # uids MoEngage refused (or that can never be valid), held back: refused.py
 
     @property
     def workspace(self) -> str:
@@ -135,3 +136,20 @@ class RunRecord(Counts):
     failed: int = 0
     finished_at: float | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class RefusedUid:
+    """A uid MoEngage refused (or that can never be valid), kept so that it is not sent again."""
+
+    cohort_id: str  # the state key (workspace and cohort)
+    uid: str
+    presence: str  # the action refused (add_members or remove_members): the uid's desired presence then
+    error: str
+    since: float  # first refused
+    at: float  # last refused
+
+    def as_json(self) -> dict:
+        workspace, cohort = split_key(self.cohort_id)
+        return {"cohort": cohort, "workspace": workspace, "uid": self.uid, "action": self.presence,
+                "error": self.error, "since": self.since, "at": self.at}

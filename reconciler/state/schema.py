@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from reconciler.common.errors import StateError
 from reconciler.state.keys import KEY_LENGTH
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 _uid = sa.String(512).with_variant(sa.String(512, collation="C"), "postgresql")
@@ -83,6 +83,16 @@ changelog = sa.Table(  # one row per settled batch: who entered or left, when, i
     sa.Column("count", sa.Integer, nullable=False),
     sa.Column("uids", sa.LargeBinary, nullable=False),  # ascending, newline-joined (as cs_batches); empty: count only
 )
+refused = sa.Table(  # uids MoEngage refused (a 400 bisected down to them) or that can never be valid: refused.py
+    "cs_refused", metadata,
+    sa.Column("cohort_id", sa.String(KEY_LENGTH), primary_key=True),  # sync_key(workspace, cohort id)
+    sa.Column("digest", sa.String(64), primary_key=True),  # sha256 of the uid: a refused uid may be of any length
+    sa.Column("uid", sa.Text, nullable=False),
+    sa.Column("presence", sa.String(16), nullable=False),  # the action refused: the uid's desired presence then
+    sa.Column("error", sa.Text, nullable=False),  # MoEngage's message (or the local check's reason)
+    sa.Column("since", sa.Float, nullable=False),  # first refused
+    sa.Column("at", sa.Float, nullable=False),  # last refused
+)
 LEASE_NAME_LENGTH = 255  # "cohort:" and a sync_key
 leases = sa.Table(  # the writer lease (SQLite), and on PostgreSQL one per cohort and one per replica: leases.py
     "cs_leases", metadata,
@@ -130,6 +140,7 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     4: [_add_column("cs_leases", "token", "BIGINT NOT NULL DEFAULT 0"),
         _add_column("cs_leases", "busy", "BOOLEAN NOT NULL DEFAULT FALSE"),
         _add_column("cs_leases", "wanted", "TEXT"), _widen("cs_leases", "name", LEASE_NAME_LENGTH)],
+    5: [],  # the cs_refused table (made by create_all): refused uids, kept and not re-sent
 }
 
 

@@ -23,13 +23,15 @@ from reconciler.common.actions import Action
 from reconciler.common.errors import StateError, short_message
 from reconciler.sources.cursors import streaming_cursor
 from reconciler.sources.ordering import OutOfOrder, checked
-from reconciler.state import changelog as changes, fencing
+from reconciler.state import changelog as changes, fencing, refused as refusing
 from reconciler.state.changelog import Changelog
 from reconciler.state.database import Database, decode, encode, make_engine
 from reconciler.state.fencing import Fence
 from reconciler.state.keys import in_workspace, of_cohort, sync_key
+from reconciler.state.refused import Refusals
 from reconciler.state.records import ChangeNote, Cohort, CohortRecord, PendingBatch, RunRecord, Ending
-from reconciler.state.schema import batches, bump_state_version, cohorts, leases, members, migrate, read_version, runs
+from reconciler.state.schema import (batches, bump_state_version, cohorts, leases, members, migrate, read_version,
+                                     refused, runs)
 
 READ_ROWS = 20_000  # members fetched per round trip
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # DBAPI paramstyle -> positional mark
@@ -51,6 +53,7 @@ class StateStore(Database):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self.changelog = Changelog(self)
+        self.refusals = Refusals(self)
 
     @classmethod
     def open(cls, url: str) -> "StateStore":
@@ -87,8 +90,10 @@ class StateStore(Database):
         with self.connection() as conn:
             rows = conn.execute(sa.select(cohorts).where(where).order_by(cohorts.c.id)).all()
             unconfirmed = {cid: (int(n), since) for cid, n, since in conn.execute(pending)}
+            held = dict(conn.execute(sa.select(refused.c.cohort_id, sa.func.count()).group_by(refused.c.cohort_id)).all())
         return {r.id: CohortRecord(**r._mapping, unconfirmed=unconfirmed.get(r.id, (0, None))[0],
-                                   unconfirmed_since=unconfirmed.get(r.id, (0, None))[1]) for r in rows}
+                                   unconfirmed_since=unconfirmed.get(r.id, (0, None))[1],
+                                   refused=int(held.get(r.id, 0))) for r in rows}
 
     def pending(self, cohort_id: str) -> list[PendingBatch]:
         """The cohort's batches whose answer never came, oldest first."""
@@ -190,16 +195,19 @@ class StateStore(Database):
 
     def settle_batch(self, batch_id: int, cohort_id: str, action: Action, uids: list[str], *,
                      remaining: list[str] | None = None, write_members: bool = True,
-                     note: ChangeNote | None = None, fence: Fence | None = None) -> None:
+                     note: ChangeNote | None = None, fence: Fence | None = None, clear_refused: bool = False) -> None:
         """A 200 for `uids` (the whole batch, or one part of a split one): members, the pending
         record and the changelog (with `note`) change together, in one transaction; with a
         `fence`, only while the cohort's lease is still this writer's.
 
         `write_members` is False for a re-sent batch whose uids the members table already has
         right (a re-add of a member, a re-remove of a non-member): only the pending record goes.
+        With `clear_refused` (`apply --retry-refused`), refusals of the accepted uids are dropped.
         """
         with self.transaction() as conn:
             fencing.check(conn, leases, fence)
+            if clear_refused:
+                refusing.clear(conn, cohort_id, uids)
             if note is not None and uids:
                 changes.append(conn, cohort_id, action, uids, note)
             if write_members and uids:
@@ -230,6 +238,17 @@ class StateStore(Database):
                     action=UNKNOWN, uids=encode(batch.carried), count=len(batch.carried), carried=None))
             else:
                 conn.execute(batches.delete().where(batches.c.id == batch_id))
+            bump_state_version(conn)
+
+    def refuse_uids(self, cohort: Cohort, action: Action, found: list[tuple[str, str]],
+                    fence: Fence | None = None) -> None:
+        """MoEngage refuses these (uid, error) for `action` (a bisected 400): kept, and no longer
+        uncertain (MoEngage refuses a request as a whole, so no earlier batch holding them was applied)."""
+        with self.transaction() as conn:
+            fencing.check(conn, leases, fence)
+            self._ensure_cohort(conn, cohort)
+            refusing.record(conn, cohort.key, action, found)
+            self._take_over(conn, cohort.key, {uid for uid, _ in found})
             bump_state_version(conn)
 
     def commit_batch(self, cohort: Cohort, action: Action, uids: Iterable[str]) -> None:
@@ -285,6 +304,7 @@ class StateStore(Database):
             fencing.check(conn, leases, fence)
             conn.execute(members.delete().where(members.c.cohort_id == cohort_id))
             conn.execute(batches.delete().where(batches.c.cohort_id == cohort_id))
+            conn.execute(refused.delete().where(refused.c.cohort_id == cohort_id))
             conn.execute(cohorts.delete().where(cohorts.c.id == cohort_id))
             bump_state_version(conn)
 

@@ -114,6 +114,7 @@
     return {
       id: String(r.id), name: r.name || "", workspace: workspaceOf(r), mode: r.mode || "", status, reason,
       synced: Number(r.synced) || 0, unconfirmed: unconfirmedOf(r), change: r.last_change || null,
+      refused: Number(r.refused) || 0,  // uids MoEngage refused (or never valid): kept, not sent again
       lastSuccess: epoch(r.last_success_at ?? r.last_success), lastRun: epoch(r.last_run_at ?? r.last_run),
       nextRun: r.next_run_at ?? (typeof r.next_run_in === "number" ? now() + r.next_run_in : null),
       file: r.file || null, activity: activityOf(String(r.id), s),
@@ -184,6 +185,7 @@
     const members = rows.reduce((a, r) => a + r.synced, 0);
     if (view.cohortId === null) document.title = bad ? `(${bad}) cohortsync` : "cohortsync";
     const unconfirmed = rows.reduce((a, r) => a + r.unconfirmed.n, 0);
+    const refused = rows.reduce((a, r) => a + r.refused, 0);
     const running = s.running ? `${describeWork(s.running)} for ${span(now() - (s.running.since || now()))}` : null;
     const queued = describeWork(s.queue);
     const rates = Array.isArray(s.rates) && s.rates.length ? s.rates : (s.rate ? [{ workspace: null, ...s.rate }] : []);
@@ -196,8 +198,8 @@
       tile("Next timer", next ? when(next.at, "until") : "—", next ? next.cohorts.join(", ") : "no timer set"),
       ...rates.map((rate) => tile(rates.length > 1 ? `Rate budget · ${rate.workspace}` : "Rate budget",
         `${fmt(rate.in_use)} / ${fmt(rate.requests)}`, `requests in the last ${rate.window}s`, "", meter(rate))),
-      tile("Members", fmt(members), unconfirmed ? `${fmt(unconfirmed)} unconfirmed` : "all confirmed",
-        unconfirmed ? "warn" : ""),
+      tile("Members", fmt(members), [unconfirmed ? `${fmt(unconfirmed)} unconfirmed` : "all confirmed",
+        refused ? `${fmt(refused)} refused` : null].filter(Boolean).join(" · "), unconfirmed || refused ? "warn" : ""),
       replicaTile(s));
   }
 
@@ -220,6 +222,9 @@
     { key: "unconfirmed", label: "Unconfirmed", num: true, sort: (r) => r.unconfirmed.n,
       cell: (r) => h("span", { title: r.unconfirmed.n ? `sent ${utc(r.unconfirmed.since) || "?"}, no answer came: the next plan settles them` : null },
         fmt(r.unconfirmed.n)) },
+    { key: "refused", label: "Refused", num: true, sort: (r) => r.refused,
+      cell: (r) => h("span", { title: r.refused ? "uids MoEngage refused: not sent again until their row changes (cohortsync refused)" : null },
+        fmt(r.refused)) },
     { key: "change", label: "Last change", sort: (r) => (r.change ? r.change.at : 0), cell: (r) => changeCell(r.change) },
     { key: "success", label: "Last success", sort: (r) => r.lastSuccess || 0, cell: (r) => when(r.lastSuccess) },
     { key: "next", label: "Next run", sort: (r) => r.nextRun || Infinity, cell: (r) => when(r.nextRun, "until") },
@@ -316,6 +321,7 @@
     fill($("cohort-facts"),
       fact("Synced", fmt(r.synced)),
       fact("Unconfirmed", fmt(r.unconfirmed.n)),
+      fact("Refused", fmt(r.refused)),
       fact("Workspace", r.workspace),
       fact("Mode", r.mode || "—"),
       fact("Last change", changeCell(r.change)),
