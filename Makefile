@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint clean install
+.PHONY: demo test bench lint clean install integrations-dbt dbt-fixtures
 
 install: $(STAMP)
 
@@ -25,8 +25,25 @@ lint: $(STAMP)  ## pyflakes and pycodestyle errors, and the import layers (lint-
 	$(BIN)/ruff check --isolated --select E,F,W --ignore E501 reconciler tests bench
 	$(BIN)/lint-imports
 
+# dbt is not a dependency of cohortsync (it reads dbt's JSON only): real dbt lives in a venv of its own for the
+# tests that run it (tests/test_dbt_project.py). dbt-core 1.11+ needs a binary parser fetched at build time, so 1.10.
+DBT_VENV ?= .venv-dbt
+DBT_PIP ?= dbt-core~=1.10.0 dbt-postgres~=1.9.0
+DBT_STAMP := $(DBT_VENV)/.installed-$(shell echo '$(DBT_PIP)' | cksum | cut -d' ' -f1)
+
+integrations-dbt: $(DBT_STAMP)  ## real dbt-core + dbt-postgres in .venv-dbt, for the dbt tests
+
+$(DBT_STAMP):
+	$(PYTHON) -m venv $(DBT_VENV)
+	$(DBT_VENV)/bin/pip install --quiet --upgrade pip
+	$(DBT_VENV)/bin/pip install --quiet $(DBT_PIP)
+	rm -f $(DBT_VENV)/.installed-* && touch $@
+
+dbt-fixtures: $(STAMP) $(DBT_STAMP)  ## regenerate tests/dbt/manifest.json and run_results.json with real dbt (PostgreSQL)
+	$(BIN)/python -m tests.dbtproject
+
 bench: $(STAMP)  ## benchmarks at a small default size, each beside its baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) state/*.db state/*.db-* state/*.txt state/*.log .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DBT_VENV) state/*.db state/*.db-* state/*.txt state/*.log .pytest_cache .hypothesis

@@ -129,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where (default: the current folder)")
     p.add_argument("--force", action="store_true", help="replace files that already exist")
     p.set_defaults(func="reconciler.cli.scaffold:run")
+
+    p = sub.add_parser("dbt", parents=[common], help="dbt: trigger the cohorts whose models a dbt run rebuilt")
+    dbt = p.add_subparsers(dest="dbt_command", required=True, metavar="ACTION")
+    q = dbt.add_parser("trigger", parents=[nested],
+                       help="reconcile the cohorts reading the models run_results.json says were built")
+    q.add_argument("--run-results", metavar="PATH",
+                   help="dbt's run_results.json (default: beside the manifest, target/run_results.json)")
+    q.add_argument("--manifest", metavar="PATH", help="dbt's manifest.json (default: dbt.manifest)")
+    q.add_argument("--url", help="the daemon's URL (default: COHORTSYNC_URL, else http://<daemon.listen>)")
+    q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    q.add_argument("--dry-run", action="store_true", help="print the cohorts it would trigger, trigger none")
+    q.set_defaults(func="reconciler.cli.dbt:trigger")
     return parser
 
 

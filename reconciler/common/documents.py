@@ -186,8 +186,8 @@ def explain(error: jsonschema.ValidationError) -> str:
     if v == "required":
         return error.message.replace("is a required property", "is required")  # the schema's key, not a value
     if v == "oneOf" and "sql" in schema.get("properties", {}) and isinstance(error.instance, dict):
-        given = [k for k in ("sql", "sql_file", "file") if k in (error.instance or {})]
-        return f"exactly one of sql, sql_file, file is required (found: {', '.join(given) or 'none'})"
+        given = [k for k in ("sql", "sql_file", "file", "dbt_model") if k in (error.instance or {})]
+        return f"exactly one of sql, sql_file, file, dbt_model is required (found: {', '.join(given) or 'none'})"
     if v == "oneOf" and error.path and error.path[-1] == "max_removals":
         return f"{value} is not a count (0, 1, ...) or a percentage like '10%'"
     if v == "pattern" and "x-pattern-message" in schema:

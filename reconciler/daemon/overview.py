@@ -175,7 +175,8 @@ def spec_json(spec: CohortSpec, cohorts_dir: Path) -> dict[str, Any]:
             "suspended": spec.suspended, "allow_empty": spec.allow_empty,
             "max_removals": None if spec.max_removals is None else str(spec.max_removals),
             "source": {"kind": src.kind, "connection": src.connection, "path": path, "column": src.column,
-                       "sql": src.sql if src.kind in ("sql", "sql_file") else None}}
+                       "sql": src.sql if src.kind in ("sql", "sql_file", "dbt_model") else None,
+                       **({"dbt_model": src.model, "relation": src.relation} if src.model else {})}}
 
 
 def series(runs: list[RunRecord], synced_now: int) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from reconciler.running.selection import RunOptions, Selection
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.settings.model import DEFAULT_WORKSPACE, RateLimit, Settings
 from reconciler.specs.cohorts import SpecSet, load_specs
+from reconciler.specs.dbt import Manifests
 from reconciler.state import leases
 from reconciler.state.keys import split_key, sync_key
 from reconciler.state.store import StateStore
@@ -61,7 +62,9 @@ class Daemon:
         self.state = StateStore.open(self.settings.state_url)
         self.share = sharing_for(self.state, self.settings.daemon.lease_time)
         self.reconciler: Reconciler | None = None
-        self.specs = SpecCache(lambda: load_checked(self.settings), self.state, self.settings, self.workspaces)
+        self.manifests = Manifests(self.settings.dbt.manifest)  # read again only when dbt wrote it anew
+        self.specs = SpecCache(lambda: load_checked(self.settings, self.manifests), self.state, self.settings,
+                               self.workspaces, self.manifests.changed)
         self.standing = Standing()
         self._started_at = time.time()
         self.notifier = Notifier(self.settings.notify, self.settings.alerting)
@@ -127,7 +130,9 @@ class Daemon:
             return
         self._teardown()
         self.settings = settings
-        self.specs.rebind(lambda: load_checked(settings), settings)
+        self.manifests = Manifests(settings.dbt.manifest)
+        manifests = self.manifests
+        self.specs.rebind(lambda: load_checked(settings, manifests), settings, manifests.changed)
         self.metrics.observe_notifier(self.notifier.snapshot())
         self.notifier.close(timeout=1.0)
         self.notifier = Notifier(settings.notify, settings.alerting)
@@ -377,7 +382,8 @@ def workspaces_in_use(settings: Settings, chosen: list[str]) -> list[str]:
     the daemon needs their credentials."""
     for name in chosen:
         settings.account(name)  # a KeyError naming the known ones
-    specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts)
+    specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts,
+                       manifests=Manifests(settings.dbt.manifest))
     return Selection.of(workspaces=chosen).workspaces_of(specs) or (chosen or [DEFAULT_WORKSPACE])
 
 

@@ -28,8 +28,9 @@ class SpecCache:
     """Thread-safe: the last load of the specs, the keys they name, and the file index."""
 
     def __init__(self, load: Callable[[], SpecSet], state: StateStore, settings: Settings,
-                 workspaces: Iterable[str] = ()) -> None:
+                 workspaces: Iterable[str] = (), stale: Callable[[], bool] = lambda: False) -> None:
         self._load, self.state, self.settings = load, state, settings
+        self._stale = stale  # True when something the specs resolve through changed (dbt's manifest)
         self.workspaces = set(workspaces)  # only these (run --workspace); all when empty
         self._lock = threading.Lock()  # guards the fields below
         self._load_lock = threading.Lock()  # one load at a time
@@ -40,10 +41,10 @@ class SpecCache:
         self._index: dict[Path, set[str]] = {}
         self._logged: set[str] = set()
 
-    def rebind(self, load: Callable[[], SpecSet], settings: Settings) -> None:
+    def rebind(self, load: Callable[[], SpecSet], settings: Settings, stale: Callable[[], bool] = lambda: False) -> None:
         """After a config reload: the next look loads the specs anew with the new settings."""
         with self._lock:
-            self._load, self.settings, self._dirty = load, settings, True
+            self._load, self.settings, self._stale, self._dirty = load, settings, stale, True
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -55,10 +56,11 @@ class SpecCache:
             return self._specs
 
     def fresh(self) -> SpecSet:
-        """The specs, loaded again when a file changed or SPECS_TTL passed."""
+        """The specs, loaded again when a file or dbt's manifest changed, or SPECS_TTL passed."""
         with self._load_lock:
             with self._lock:
-                if self._specs is not None and not self._dirty and time.monotonic() - self._at < SPECS_TTL:
+                if self._specs is not None and not self._dirty and time.monotonic() - self._at < SPECS_TTL \
+                        and not self._stale():
                     return self._specs
                 self._dirty = False
             specs = self._load()

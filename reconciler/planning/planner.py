@@ -326,7 +326,8 @@ def _plan_for(spec: CohortSpec, record: CohortRecord | None, workspace: str) -> 
                       mode=spec.mode, file=spec.file, synced=record.synced_count if record else 0, spec_digest=spec.digest,
                       unconfirmed=record.unconfirmed if record else 0,
                       unconfirmed_since=record.unconfirmed_since if record else None,
-                      refused=record.refused if record else 0)
+                      refused=record.refused if record else 0,
+                      reads=list(spec.source.reads))
 
 
 def _failed(prepared: PreparedPlan, exc: Exception) -> PreparedPlan:

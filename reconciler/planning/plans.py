@@ -50,6 +50,7 @@ class CohortPlan:
     sample_refused: list[str] = field(default_factory=list)
     refused_new: int = 0  # of those, uids refused by this plan's own checks (never valid), not kept before
     refused_retry: bool = False  # --retry-refused: the held-back uids are sent, and an acceptance clears them
+    reads: list[str] = field(default_factory=list)  # the dbt models the source reads (unique ids)
 
     @property
     def key(self) -> str:
@@ -76,6 +77,7 @@ class CohortPlan:
             "sample_adds": self.sample_adds, "sample_removes": self.sample_removes,
             **({"resync": True} if self.resync else {}),  # only when asked for: plans keep their shape
             **({"refused": self.refused, "sample_refused": self.sample_refused} if self.refused else {}),
+            **({"reads": self.reads} if self.reads else {}),  # only for a dbt_model source, likewise
         }
 
 

@@ -27,6 +27,7 @@ from reconciler.settings.config import require_credentials
 from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings, Settings
 from reconciler.sources.reading import Engines
 from reconciler.specs.cohorts import SpecSet, load_specs, name_rules
+from reconciler.specs.dbt import Manifests
 from reconciler.state.budget import SharedBudget
 from reconciler.state.fencing import Fence
 from reconciler.state.records import CohortRecord, RunRecord, Ending
@@ -247,10 +248,12 @@ class Reconciler:
                 self.state.record_outcome(plan.cohort, Ending(plan.status, error=plan.reason), fence)
 
 
-def load_checked(settings: Settings) -> SpecSet:
-    """Every spec, checked also against what the operator config says of its workspaces (their name rules)."""
+def load_checked(settings: Settings, manifests: Manifests | None = None) -> SpecSet:
+    """Every spec, checked also against what the operator config says of its workspaces (their name rules),
+    its dbt models resolved through `manifests` (one that keeps its last read, for the daemon) or dbt.manifest."""
     accounts = settings.accounts
-    return load_specs(settings.cohorts_dir, settings.connections, accounts, name_rules(accounts))
+    return load_specs(settings.cohorts_dir, settings.connections, accounts, name_rules(accounts),
+                      manifests or Manifests(settings.dbt.manifest))
 
 
 def spec_error_plans(specs: SpecSet) -> list[CohortPlan]:

@@ -35,6 +35,8 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
         lines.append(f"{_MARK.get(p.status, ' ')} {p.id:<{width}}  {p.status:<9}  {_counts(p)}")
         if p.reason:
             lines.append(f"    {p.reason}")
+        if p.reads:
+            lines.append(f"    reads dbt {', '.join(p.reads)}")
         if p.unconfirmed:
             lines.append(f"    {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}")
         if p.refused:
@@ -87,6 +89,8 @@ def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT
         if p.unconfirmed:
             note = f"{note}; {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}" if note else \
                 _unconfirmed(p.unconfirmed, p.unconfirmed_since)
+        if p.reads:
+            note = "; ".join(n for n in (note, "reads " + ", ".join(f"`{m}`" for m in p.reads)) if n)
         if p.refused:
             note = f"{note}; {_refused(p.refused, p.sample_refused)}" if note else _refused(p.refused, p.sample_refused)
         note = _md_cell(note)

@@ -326,6 +326,15 @@ class AlertingSettings:
 
 
 @dataclass(frozen=True)
+class DbtSettings:
+    """Where dbt's artifacts are: specs that name a `dbt_model` resolve it through the manifest."""
+
+    manifest: Path = setting("target/manifest.json", PATH, "COHORTSYNC_DBT_MANIFEST",
+                             "dbt's `manifest.json`, through which a spec's `source.dbt_model` resolves to its "
+                             "relation (see dbt)")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything an operator configures; `moengage` and `daemon` are the keys' groups (`moengage.dc`)."""
 
@@ -352,6 +361,7 @@ class Settings:
                                                       "alert targets: `{url, events, cohorts, secret}` each "
                                                       "(see Alerts); from the environment as JSON")
     alerting: AlertingSettings = field(default_factory=AlertingSettings)
+    dbt: DbtSettings = field(default_factory=DbtSettings)
     config_file: str | None = None  # where the settings came from; not a key
 
     @property

@@ -17,6 +17,7 @@ from reconciler.common.errors import SpecError
 from reconciler.common.paths import found_outside, read_capped, resolve_inside
 from reconciler.common.quoting import shown
 from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings, parse_duration
+from reconciler.specs.dbt import DbtError, Manifests, plain_identifier, uid_query
 from reconciler.specs.rules import DEFAULT_NAME_RULE, LEADING_PERIOD, has_parentheses, how_to_switch, \
     period_problem, segment_cap_problem
 
@@ -30,11 +31,18 @@ _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 class SourceSpec:
     """Where a cohort's uids come from; paths are resolved and checked already."""
 
-    kind: str  # "sql", "sql_file" or "file"
+    kind: str  # "sql", "sql_file", "file" or "dbt_model"
     connection: str | None = None
-    sql: str | None = None  # the query text, read from sql_file when given
+    sql: str | None = None  # the query text, read from sql_file when given, made for a dbt_model
     path: Path | None = None  # sql_file or file, absolute
     column: str | None = None
+    model: str | None = None  # a dbt_model's unique id (model.PACKAGE.NAME): what the cohort reads
+    relation: str | None = None  # the relation that model builds, from the manifest
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The dbt models this source reads (the plan says so)."""
+        return (self.model,) if self.model else ()
 
 
 @dataclass(frozen=True)
@@ -161,10 +169,10 @@ SpecCheck = Callable[["CohortSpec"], list[SpecError]]  # a check that needs the 
 
 
 def load_specs(cohorts_dir: Path, connections: Iterable[str], workspaces: Iterable[str] = (DEFAULT_WORKSPACE,),
-               check: SpecCheck | None = None) -> SpecSet:
+               check: SpecCheck | None = None, manifests: Manifests | None = None) -> SpecSet:
     """Load and check every spec under `cohorts_dir` against the connections and workspaces configured;
     `check` adds what the operator config says of a spec (name_rules), run on every spec that has a
-    name, even one the schema refused."""
+    name, even one the schema refused; `manifests` resolves `dbt_model` sources (read only if one does)."""
     root = cohorts_dir.resolve()
     specs: dict[str, CohortSpec] = {}
     errors: list[SpecError] = []
@@ -180,7 +188,7 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str], workspaces: Iterab
             errors.append(SpecError(rel, "", refused))
             broken[rel] = ""
             continue
-        spec, problems = load_spec(path, root, set(connections), set(workspaces), check)
+        spec, problems = load_spec(path, root, set(connections), set(workspaces), check, manifests)
         if spec is not None and spec.id in specs:
             problems.append(Problem("id", f"{shown(spec.id)} is also the id of {specs[spec.id].file}; ids must be unique"))
         if spec is not None and spec.name in names:
@@ -198,7 +206,8 @@ def load_specs(cohorts_dir: Path, connections: Iterable[str], workspaces: Iterab
 
 def load_spec(path: Path, root: Path, connections: set[str],
               workspaces: set[str] = frozenset({DEFAULT_WORKSPACE}),
-              check: SpecCheck | None = None) -> tuple[CohortSpec | None, list[Problem]]:
+              check: SpecCheck | None = None,
+              manifests: Manifests | None = None) -> tuple[CohortSpec | None, list[Problem]]:
     """One spec file (checked to lie inside `root` already): a CohortSpec when it parsed far enough, and
     its problems. A file that fails to parse is never quoted: its problems say where, not what."""
     try:
@@ -221,7 +230,7 @@ def load_spec(path: Path, root: Path, connections: set[str],
         stub = _stub(doc.data, path, root)
         problems += _checked(check, stub, doc)
         return (stub if isinstance(doc.data.get("id"), str) else None), problems
-    spec, problems = _build(doc, path, root, connections, workspaces)
+    spec, problems = _build(doc, path, root, connections, workspaces, manifests)
     return spec, problems + _checked(check, spec, doc)
 
 
@@ -232,7 +241,7 @@ def _checked(check: SpecCheck | None, spec: CohortSpec | None, doc: Document) ->
 
 
 def _build(doc: Document, path: Path, root: Path, connections: set[str],
-           workspaces: set[str]) -> tuple[CohortSpec | None, list[Problem]]:
+           workspaces: set[str], manifests: Manifests | None) -> tuple[CohortSpec | None, list[Problem]]:
     data = doc.data
     problems: list[Problem] = []
     targets = tuple(data.get("workspaces") or (DEFAULT_WORKSPACE,))
@@ -240,7 +249,7 @@ def _build(doc: Document, path: Path, root: Path, connections: set[str],
         if name not in workspaces:
             problems.append(Problem("workspaces", f"no workspace named {shown(name)} in the operator config (known: "
                                     f"{', '.join(sorted(workspaces))})", doc.line_of(("workspaces",))))
-    source, source_problems = _source(data["source"], path, root, connections)
+    source, source_problems = _source(data["source"], path, root, connections, manifests)
     problems += [Problem(p.field, p.message, doc.line_of(tuple(p.field.split(".")))) for p in source_problems]
     guards = data.get("guards") or {}
     removals = guards.get("max_removals")
@@ -257,9 +266,15 @@ def _build(doc: Document, path: Path, root: Path, connections: set[str],
         max_removals=_max_removals(removals) if removals is not None else None,
         suspended=data.get("suspended", False),
         workspaces=targets,
-        digest=hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest(),
+        digest=_digest(data, source),
     )
     return spec, problems
+
+
+def _digest(data: dict, source: SourceSpec | None) -> str:
+    """Of the spec's content; a dbt_model's relation too, so a model that now builds elsewhere is a change."""
+    content = {**data, "_relation": source.relation} if source is not None and source.relation else data
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _stub(data: dict, path: Path, root: Path) -> CohortSpec:
@@ -281,7 +296,8 @@ def _max_removals(value: int | str) -> MaxRemovals:
     return MaxRemovals(percent=float(m.group(1)))
 
 
-def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[SourceSpec | None, list[Problem]]:
+def _source(src: dict, path: Path, root: Path, connections: set[str],
+            manifests: Manifests | None = None) -> tuple[SourceSpec | None, list[Problem]]:
     problems: list[Problem] = []
     if "file" in src:
         if "connection" in src:
@@ -295,13 +311,16 @@ def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[S
         if "column" in src and ".csv" not in file.name.lower():
             problems.append(Problem("source.column", "column applies to .csv files only; remove it"))
         return SourceSpec("file", path=file, column=src.get("column")), problems
-    if "column" in src:
-        problems.append(Problem("source.column", "column applies to .csv files only; a query's first column is the uid"))
+    if "column" in src and "dbt_model" not in src:
+        problems.append(Problem("source.column", "column applies to .csv files only (and to a dbt_model); a "
+                                                 "query's first column is the uid"))
     connection = src.get("connection", "default")
     if connection not in connections:
         known = ", ".join(sorted(connections)) or "none"
         problems.append(Problem("source.connection",
                                 f"no connection named {shown(connection)} in the operator config (known: {known})"))
+    if "dbt_model" in src:
+        return _dbt_source(src, connection, manifests, problems)
     if "sql" in src:
         return SourceSpec("sql", connection=connection, sql=src["sql"]), problems
     sql_path, problem = resolve_inside(src["sql_file"], path.parent, root)
@@ -320,6 +339,23 @@ def _source(src: dict, path: Path, root: Path, connections: set[str]) -> tuple[S
     if not sql.strip():
         problems.append(Problem("source.sql_file", f"{src['sql_file']!r} is empty"))
     return SourceSpec("sql_file", connection=connection, sql=sql, path=sql_path), problems
+
+
+def _dbt_source(src: dict, connection: str, manifests: Manifests | None,
+                problems: list[Problem]) -> tuple[SourceSpec | None, list[Problem]]:
+    """A dbt model, resolved through the manifest to the relation it builds: SELECT its uid column."""
+    column = src.get("column")
+    if column is not None and not plain_identifier(column):
+        return None, problems + [Problem("source.column", f"{shown(column)} is not a plain column name (letters, digits, _)")]
+    if manifests is None:
+        return None, problems + [Problem("source.dbt_model", "no dbt manifest to resolve it: set dbt.manifest")]
+    try:
+        model = manifests.get().resolve(src["dbt_model"])
+    except DbtError as exc:
+        return None, problems + [Problem("source.dbt_model", str(exc))]
+    assert model.relation is not None
+    return SourceSpec("dbt_model", connection=connection, sql=uid_query(model.relation, column), column=column,
+                      model=model.unique_id, relation=model.relation), problems
 
 
 def _id_guess(path: Path) -> str:

@@ -1,0 +1,1 @@
+select uid from (values ('old1')) as t(uid)

@@ -1,0 +1,2 @@
+{{ config(materialized='ephemeral') }}
+select 'e1' as uid
