@@ -5,7 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint clean install
+# The Airflow and Dagster integrations are tested with the real libraries, each in a venv of its own
+# (tests/test_integrations.py runs them as subprocesses): pinned here, for Python 3.10 to 3.12.
+AIRFLOW_PIN ?= apache-airflow==2.10.5
+DAGSTER_PIN ?= dagster==1.11.16
+
+.PHONY: demo test bench lint clean install integrations
 
 install: $(STAMP)
 
@@ -25,8 +30,22 @@ lint: $(STAMP)  ## pyflakes and pycodestyle errors, and the import layers (lint-
 	$(BIN)/ruff check --isolated --select E,F,W --ignore E501 reconciler tests bench
 	$(BIN)/lint-imports
 
+integrations: .venv-airflow/.installed .venv-dagster/.installed  ## the venvs the Airflow and Dagster tests run in
+
+.venv-airflow/.installed: Makefile
+	$(PYTHON) -m venv .venv-airflow
+	.venv-airflow/bin/pip install --quiet --upgrade pip
+	.venv-airflow/bin/pip install --quiet '$(AIRFLOW_PIN)' 'requests>=2.31'
+	touch $@
+
+.venv-dagster/.installed: Makefile
+	$(PYTHON) -m venv .venv-dagster
+	.venv-dagster/bin/pip install --quiet --upgrade pip
+	.venv-dagster/bin/pip install --quiet '$(DAGSTER_PIN)' 'requests>=2.31'
+	touch $@
+
 bench: $(STAMP)  ## benchmarks at a small default size, each beside its baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) state/*.db state/*.db-* state/*.txt state/*.log .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-airflow .venv-dagster state/*.db state/*.db-* state/*.txt state/*.log .pytest_cache .hypothesis
