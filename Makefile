@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 # The Airflow and Dagster integrations are tested with the real libraries, each in a venv of its own
-# (tests/test_integrations.py runs them as subprocesses): pinned here, for Python 3.10 to 3.12.
-AIRFLOW_PIN ?= apache-airflow==2.10.5
+# (tests/test_integrations.py runs them as subprocesses): pinned here, for Python 3.10 to 3.12. Airflow's
+# constraints file is not reachable from here (only PyPI is): the pin is what its resolver picks with SQLAlchemy 2.
+AIRFLOW_PIN ?= apache-airflow==3.3.2
 DAGSTER_PIN ?= dagster==1.11.16
 
 .PHONY: demo test bench lint clean install integrations
@@ -33,13 +34,13 @@ lint: $(STAMP)  ## pyflakes and pycodestyle errors, and the import layers (lint-
 integrations: .venv-airflow/.installed .venv-dagster/.installed  ## the venvs the Airflow and Dagster tests run in
 
 .venv-airflow/.installed: Makefile
-	$(PYTHON) -m venv .venv-airflow
+	rm -rf .venv-airflow && $(PYTHON) -m venv .venv-airflow
 	.venv-airflow/bin/pip install --quiet --upgrade pip
 	.venv-airflow/bin/pip install --quiet '$(AIRFLOW_PIN)' 'requests>=2.31'
 	touch $@
 
 .venv-dagster/.installed: Makefile
-	$(PYTHON) -m venv .venv-dagster
+	rm -rf .venv-dagster && $(PYTHON) -m venv .venv-dagster
 	.venv-dagster/bin/pip install --quiet --upgrade pip
 	.venv-dagster/bin/pip install --quiet '$(DAGSTER_PIN)' 'requests>=2.31'
 	touch $@

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,12 +30,18 @@ def venv_python(name: str) -> Path:
 
 
 def run_script(python: Path, script: str, daemon_url: str, home: Path, *args: str) -> dict:
+    """The script, copied alone into a folder (Airflow's dags folder: it parses every file there)."""
+    folder = home / "dags"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "tests" / "integrations" / script, folder / script)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COHORTSYNC_URL": daemon_url, "COHORTSYNC_TOKEN": TOKEN,
+           "COHORTSYNC_TEST_GOOD": args[0], "COHORTSYNC_TEST_BAD": args[1],
            "AIRFLOW_HOME": str(home / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
            "AIRFLOW__CORE__UNIT_TEST_MODE": "False", "DAGSTER_HOME": str(home / "dagster")}
     (home / "dagster").mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([str(python), str(ROOT / "tests" / "integrations" / script), *args], env=env,
+    done = subprocess.run([str(python), str(folder / script), *args], env=env,
                           capture_output=True, text=True, timeout=240, cwd=home)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, (done.returncode, done.stdout[-3000:], done.stderr[-5000:])

@@ -1,12 +1,12 @@
-"""Run in .venv-airflow by tests/test_integrations.py: two DAGs through `dag.test()` against the daemon at
-COHORTSYNC_URL (token COHORTSYNC_TOKEN); prints each DAG run's state and its tasks' states as JSON."""
+"""Run in .venv-airflow by tests/test_integrations.py, from a dags folder of its own: two DAGs through
+`dag.test()` against the daemon at COHORTSYNC_URL (token COHORTSYNC_TOKEN), one syncing the cohort
+COHORTSYNC_TEST_GOOD, one COHORTSYNC_TEST_BAD; prints each DAG run's state and its tasks' as JSON.
+The DAGs are module-level: Airflow 3's dag.test() parses this file from the dags folder."""
 import json
 import os
-import sys
 from datetime import datetime
 
 from airflow import DAG
-from airflow.utils.db import initdb
 
 from reconciler.integrations.airflow import CohortSyncOperator, CohortSyncRunSensor
 
@@ -21,15 +21,22 @@ def dag_of(name: str, cohort: str) -> DAG:
     return dag
 
 
+good = dag_of("cohortsync_good", os.environ.get("COHORTSYNC_TEST_GOOD", "good"))
+bad = dag_of("cohortsync_bad", os.environ.get("COHORTSYNC_TEST_BAD", "bad"))
+
+
 def main() -> None:
-    initdb(load_connections=False)
+    from airflow.utils.db import initdb
+    try:
+        initdb(load_connections=False)  # Airflow 2
+    except TypeError:
+        initdb()  # Airflow 3
     result = {}
-    for name, cohort in zip(("good", "bad"), sys.argv[1:3]):
-        run = dag_of(f"cohortsync_{name}", cohort).test()
+    for name, dag in (("good", good), ("bad", bad)):
+        run = dag.test()
         result[name] = {"state": str(run.state), "tasks": {ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
     print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     main()
