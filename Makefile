@@ -5,7 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint clean install integrations-dbt dbt-fixtures
+# The Airflow and Dagster integrations are tested with the real libraries, each in a venv of its own
+# (tests/test_integrations.py runs them as subprocesses): pinned here, for Python 3.10 to 3.12. Airflow's
+# constraints file is not reachable from here (only PyPI is): the pin is what its resolver picks with SQLAlchemy 2.
+AIRFLOW_PIN ?= apache-airflow==3.3.2
+DAGSTER_PIN ?= dagster==1.11.16
+
+.PHONY: demo test soak bench lint clean install integrations integrations-dbt dbt-fixtures
 
 install: $(STAMP)
 
@@ -42,8 +48,25 @@ $(DBT_STAMP):
 dbt-fixtures: $(STAMP) $(DBT_STAMP)  ## regenerate tests/dbt/manifest.json and run_results.json with real dbt (PostgreSQL)
 	$(BIN)/python -m tests.dbtproject
 
+AIRFLOW_STAMP := .venv-airflow/.installed-$(shell echo '$(AIRFLOW_PIN)' | cksum | cut -d' ' -f1)
+DAGSTER_STAMP := .venv-dagster/.installed-$(shell echo '$(DAGSTER_PIN)' | cksum | cut -d' ' -f1)
+
+integrations: $(DBT_STAMP) $(AIRFLOW_STAMP) $(DAGSTER_STAMP)  ## the venvs the dbt, Airflow and Dagster tests run in
+
+$(AIRFLOW_STAMP):
+	rm -rf .venv-airflow && $(PYTHON) -m venv .venv-airflow
+	.venv-airflow/bin/pip install --quiet --upgrade pip
+	.venv-airflow/bin/pip install --quiet '$(AIRFLOW_PIN)' 'requests>=2.31'
+	rm -f .venv-airflow/.installed-* && touch $@
+
+$(DAGSTER_STAMP):
+	rm -rf .venv-dagster && $(PYTHON) -m venv .venv-dagster
+	.venv-dagster/bin/pip install --quiet --upgrade pip
+	.venv-dagster/bin/pip install --quiet '$(DAGSTER_PIN)' 'requests>=2.31'
+	rm -f .venv-dagster/.installed-* && touch $@
+
 bench: $(STAMP)  ## benchmarks at a small default size, each beside its baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DBT_VENV) state/*.db state/*.db-* state/*.txt state/*.log .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DBT_VENV) .venv-airflow .venv-dagster state/*.db state/*.db-* state/*.txt state/*.log .pytest_cache .hypothesis

@@ -56,5 +56,5 @@ def _trigger(args: argparse.Namespace, cohorts: list[str]) -> int:
     """The one call into `cohortsync trigger` (daemon/triggering.py): the same URL, token and errors.
     Never with no cohort: that would reconcile every cohort."""
     assert cohorts
-    # TODO(merge with trigger --wait): add `--wait` to this command's parser and pass wait=args.wait here
-    return triggering.run(argparse.Namespace(config=args.config, url=args.url, cohort=cohorts, timeout=args.timeout))
+    return triggering.run(argparse.Namespace(config=args.config, url=args.url, cohort=cohorts, timeout=args.timeout,
+                                             wait=args.wait, format=args.format))

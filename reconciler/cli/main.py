@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trigger", parents=[common], help="ask a running daemon to reconcile now (CI after a merge)")
     p.add_argument("--url", help="the daemon's URL (default: COHORTSYNC_URL, else http://<daemon.listen>)")
     p.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    p.add_argument("--wait", action="store_true", help="wait for the run's outcome: exit 0 when every cohort converged")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds: for the daemon's answer (default 10), with --wait for the outcome (default 3600)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="how to print the answer or outcome")
     p.set_defaults(func="reconciler.daemon.triggering:run")
 
     p = sub.add_parser("emulator", parents=[common], help="a local stand-in for the MoEngage API")
@@ -138,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dbt's run_results.json (default: beside the manifest, target/run_results.json)")
     q.add_argument("--manifest", metavar="PATH", help="dbt's manifest.json (default: dbt.manifest)")
     q.add_argument("--url", help="the daemon's URL (default: COHORTSYNC_URL, else http://<daemon.listen>)")
-    q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    q.add_argument("--wait", action="store_true", help="wait for the run's outcome: exit 0 when every cohort converged")
+    q.add_argument("--timeout", type=float, default=None,
+                   help="seconds: for the daemon's answer (default 10), with --wait for the outcome (default 3600)")
+    q.add_argument("--format", choices=("text", "json"), default="text", help="how to print the answer or outcome")
     q.add_argument("--dry-run", action="store_true", help="print the cohorts it would trigger, trigger none")
     q.set_defaults(func="reconciler.cli.dbt:trigger")
     return parser

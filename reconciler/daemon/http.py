@@ -1,8 +1,10 @@
-"""The daemon's HTTP endpoints: health, readiness, metrics, status, the page and the reconcile trigger.
+"""The daemon's HTTP endpoints: health, readiness, metrics, status, the page, the reconcile trigger and its runs.
 
 POST /reconcile needs the bearer token (constant-time compare) or GitHub's
 X-Hub-Signature-256 HMAC of the body; without either configured, it refuses everything.
-Bodies are capped, and the server listens on loopback unless told otherwise.
+Bodies are capped, and the server listens on loopback unless told otherwise. GET /runs/{id} (a
+trigger's outcome) is read like /status, without the token: its id is 128 random bits, and what it
+tells (counts, results, errors) /status tells already.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from reconciler.settings.model import Secret
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # bytes: a GitHub push payload is far smaller
+RUNS = "/runs/"
 
 
 class DaemonAPI:
@@ -29,10 +32,10 @@ class DaemonAPI:
     def __init__(
         self, *, healthy: Callable[[], bool], ready: Callable[[], tuple[bool, str]], metrics: Callable[[], tuple[bytes, str]],
         status: Callable[[], dict], reconcile: Callable[[list[str], str], dict], token: Secret, webhook_secret: Secret,
-        cohort: Callable[[str], dict | None] = lambda _id: None,
+        cohort: Callable[[str], dict | None] = lambda _id: None, run: Callable[[str], dict | None] = lambda _id: None,
     ) -> None:
         self.healthy, self.ready, self.metrics, self.status, self.reconcile = healthy, ready, metrics, status, reconcile
-        self.cohort = cohort
+        self.cohort, self.run = cohort, run
         self.token, self.webhook_secret = token, webhook_secret
 
 
@@ -77,6 +80,10 @@ class Handler(BaseHTTPRequestHandler):
         """The routes that read the state: /status and the status page's."""
         if path == "/status":
             self._send(200, api.status())
+        elif path.startswith(RUNS):
+            run = path[len(RUNS):]
+            outcome = api.run(run) if run.isalnum() and len(run) <= 40 else None
+            self._send(200, outcome) if outcome else self._send(404, {"error": f"no run {run[:40]}", "state": "unknown"})
         elif (answer := page.answer(path, query, api.cohort)) is not None:
             send(self, answer.status, answer.body, answer.content_type, answer.headers)
         else:

@@ -22,6 +22,7 @@ from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
 from reconciler.daemon.overview import Live, cohort_document, status_document, work_json
 from reconciler.daemon.queueing import ALL, Work
 from reconciler.daemon.repository import git_pull
+from reconciler.daemon.runbook import RunBook
 from reconciler.daemon.scheduling import Chunk, Scheduler
 from reconciler.daemon.sharing import sharing_for
 from reconciler.daemon.speccache import SpecCache
@@ -69,6 +70,7 @@ class Daemon:
         self._started_at = time.time()
         self.notifier = Notifier(self.settings.notify, self.settings.alerting)
         self.upkeep = Upkeep(self.state)
+        self.runs = RunBook(self.state)  # what each trigger asked for and how it ended
         self._chores_at = 0.0
 
     # --- life cycle -----------------------------------------------------------------------
@@ -165,10 +167,13 @@ class Daemon:
             return
         log.debug("reconciling %s (%s)", ", ".join(keys), ", ".join(sorted(chunk.reasons)))
         resync = self.standing.start(set(keys), set(chunk.reasons))
+        # a trigger whose git pull is still to come waits for the chunk that pulls
+        attempt = self.runs.begin(keys if chunk.git_pull or not self.settings.daemon.git_pull else [])
         try:
             report = self._apply(specs, keys, chunk, resync)
         except CohortSyncError as exc:  # the state database went away: the timers try again
             log.error("reconcile of %s failed: %s", ", ".join(keys), exc)
+            self.runs.failed(attempt, keys, str(exc))
             self.queue.done({k: "failed" for k in keys})
             return
         finally:
@@ -183,6 +188,7 @@ class Daemon:
         known = self.specs.keys()
         again = [k for k in left if k in known and (k in yielded or gave_way) and not self.stop.is_set()]
         self.queue.requeue(again, set(chunk.reasons))
+        self.runs.end(attempt, report, keys, set(again) | (set(left) if self.stop.is_set() else set()))
         self.queue.done({**done, **{k: "not started" for k in left if k not in again}})
         self._after(report, started)
 
@@ -292,10 +298,11 @@ class Daemon:
         """Queue the work here, or (replicas) ask whichever replica holds each cohort, this one included."""
         self.metrics.triggers.labels(source).inc()
         keys = self.specs.keys_of(set(cohorts)) if cohorts else self._fresh_keys()
+        unknown = {sync_key(DEFAULT_WORKSPACE, c) for c in cohorts if not self.specs.keys_of({c})}
+        run = self.runs.new(keys | unknown, source)  # written down first: a restart after it loses no trigger
         if not self.share.forward(keys, cohorts, source):
-            self.queue.put(keys | {sync_key(DEFAULT_WORKSPACE, c) for c in cohorts if not self.specs.keys_of({c})},
-                           source, git_pull=True)
-        return {"accepted": True, "cohorts": cohorts or "all", "queued": work_json(self._pending_work())}
+            self.queue.put(keys | unknown, source, git_pull=True)
+        return {"accepted": True, "cohorts": cohorts or "all", "queued": work_json(self._pending_work()), "run": run}
 
     def _pending_work(self) -> Work | None:
         waiting, _ = self.queue.snapshot()
@@ -312,6 +319,7 @@ class Daemon:
             status=self._status,
             cohort=self._cohort,
             reconcile=self._on_http,
+            run=self.runs.outcome,
             token=self.settings.daemon.token,
             webhook_secret=self.settings.daemon.webhook_secret,
         )

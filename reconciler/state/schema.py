@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from reconciler.common.errors import StateError
 from reconciler.state.keys import KEY_LENGTH
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 
 metadata = sa.MetaData()
 _uid = sa.String(512).with_variant(sa.String(512, collation="C"), "postgresql")
@@ -93,6 +93,23 @@ refused = sa.Table(  # uids MoEngage refused (a 400 bisected down to them) or th
     sa.Column("since", sa.Float, nullable=False),  # first refused
     sa.Column("at", sa.Float, nullable=False),  # last refused
 )
+triggers = sa.Table(  # one row per cohort a trigger (POST /reconcile) asked for, until its run ends: triggers.py
+    "cs_triggers", metadata,
+    sa.Column("trigger_id", sa.String(40), primary_key=True),  # the `run` id POST /reconcile answers
+    sa.Column("cohort_id", sa.String(KEY_LENGTH), primary_key=True),  # sync_key(workspace, cohort id)
+    sa.Column("source", sa.String(32), nullable=False),  # http, github
+    sa.Column("state", sa.String(16), nullable=False),  # queued, running, done
+    sa.Column("requested_at", sa.Float, nullable=False, index=True),
+    sa.Column("attempt", sa.String(40)),  # the worker's chunk that claimed it (running, then done)
+    sa.Column("run_id", sa.String(32)),  # the run (cs_runs.run_id) that answered it
+    sa.Column("result", sa.String(32)),  # the cohort's outcome: converged, failed, blocked, ...
+    sa.Column("adds", sa.BigInteger, nullable=False, default=0),
+    sa.Column("removes", sa.BigInteger, nullable=False, default=0),
+    sa.Column("unconfirmed", sa.BigInteger, nullable=False, default=0),
+    sa.Column("refused", sa.BigInteger, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("finished_at", sa.Float),
+)
 LEASE_NAME_LENGTH = 255  # "cohort:" and a sync_key
 leases = sa.Table(  # the writer lease (SQLite), and on PostgreSQL one per cohort and one per replica: leases.py
     "cs_leases", metadata,
@@ -141,6 +158,7 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
         _add_column("cs_leases", "busy", "BOOLEAN NOT NULL DEFAULT FALSE"),
         _add_column("cs_leases", "wanted", "TEXT"), _widen("cs_leases", "name", LEASE_NAME_LENGTH)],
     5: [],  # the cs_refused table (made by create_all): refused uids, kept and not re-sent
+    7: [],  # the cs_triggers table (made by create_all): what each POST /reconcile asked for and how it ended
 }
 
 
