@@ -66,6 +66,38 @@ def test_an_expired_lease_nobody_took_fences_writes_until_renewed(pg):
         a.fence("beta").check_local()  # the holder's own clock stops it sending before the database would
 
 
+def test_a_started_reconcile_keeps_its_fence_after_the_lease_is_lost(pg):
+    """The cause of the replicas-under-pauses drift: once a paused holder's renew found its lease
+    gone, the fence of its running reconcile was forgotten and its later writes went unfenced. The
+    fence stays pinned to the reconcile: its writes fail on the token, its sends on the deadline."""
+    a, b = CohortLeases(pg, "run", ttl=0.5), CohortLeases(pg, "run", ttl=5.0)
+    a.claim({"beta"}, 1)
+    assert a.start("beta")
+    time.sleep(0.6)  # paused past its lease
+    assert b.claim({"beta"}, 1) == ["beta"] and a.renew() == ["beta"]
+    fence = a.fence("beta")
+    assert fence.token == b.fence("beta").token - 1
+    with pytest.raises(LeaseLost):
+        fence.check_local()
+    with pytest.raises(LeaseLost):
+        pg.begin_batch(Cohort("beta", ".beta", None), "add_members", ["u1"], fence=fence)
+    with pytest.raises(LeaseLost):
+        pg.record_outcome(Cohort("beta", ".beta", None), Ending(status="converged"), fence=a.fence("never-held"))
+    a.finish("beta")
+    assert pg.cohort("beta") is None or pg.cohort("beta").unconfirmed == 0
+
+
+def test_balancing_never_gives_back_a_cohort_whose_reconcile_has_started(pg):
+    a = CohortLeases(pg, "run", ttl=5.0)
+    a.claim({"beta", "vip"}, 2)
+    assert a.start("beta")
+    assert a.release({"beta", "vip"}) == ["vip"] and a.held() == {"beta"}
+    a.finish("beta")
+    assert a.release({"beta"}) == ["beta"] and a.held() == set()
+    with pytest.raises(LeaseLost):
+        a.fence("beta").check_local()  # a lease given back sends nothing more
+
+
 def test_apply_takes_an_idle_lease_and_names_the_holder_of_a_busy_one(pg):
     replica, apply = CohortLeases(pg, "run", ttl=5.0), CohortLeases(pg, "apply", ttl=5.0)
     replica.claim({"idle", "busy"}, 2)

@@ -100,7 +100,7 @@ class Replicas:
     def mine(self, keys: set[str]) -> set[str]:
         return self.leases.held() & keys
 
-    def fence(self, key: str) -> Fence | None:
+    def fence(self, key: str) -> Fence:
         return self.leases.fence(key)
 
     def begin(self, key: str) -> bool:
@@ -123,8 +123,7 @@ class Replicas:
             idle = sorted((held & keys) - busy)
             gone += idle[: len(held) - len(gone) - share]
         if gone:
-            self.leases.release(set(gone))
-            changes.released = gone
+            changes.released = self.leases.release(set(gone))
         return changes
 
     def asked(self) -> dict[str, str]:

@@ -39,6 +39,7 @@ class CohortLeases:
         self.state, self.ttl = state, ttl
         self.me = Holder(f"{role}-{uuid.uuid4().hex[:8]}", socket.gethostname(), os.getpid(), 0.0)
         self._held: dict[str, Fence] = {}  # sync_key -> the fence of its lease
+        self._busy: dict[str, Fence] = {}  # the fences reconciles started under: kept until they finish
         self._lock = threading.Lock()
         self._now = db_now(state.engine.dialect.name)
 
@@ -50,9 +51,13 @@ class CohortLeases:
         with self._lock:
             return set(self._held)
 
-    def fence(self, key: str) -> Fence | None:
+    def fence(self, key: str) -> Fence:
+        """The fence a cohort's writes and sends are made under. A reconcile keeps the one it started
+        with, even once the lease is lost (its writes then fail on the token, its sends on the
+        deadline); a cohort not held gets a dead fence, never none, so nothing is written unfenced."""
         with self._lock:
-            return self._held.get(key)
+            fence = self._busy.get(key) or self._held.get(key)
+        return fence or Fence(COHORT + key, self.me.holder, -1, float("-inf"))
 
     def _mine(self) -> dict:
         return {"holder": self.me.holder, "host": self.me.host, "pid": self.me.pid,
@@ -93,11 +98,15 @@ class CohortLeases:
         return lost
 
     def lost(self, key: str, token: int, why: str) -> None:
-        """Forget a lease found lost, and report it once."""
+        """Forget a lease found lost (a reconcile under it stops sending at once), and report it once."""
         with self._lock:
+            busy = self._busy.get(key)
+            if busy is not None and busy.token == token:
+                busy.deadline = float("-inf")
             fence = self._held.get(key)
             if fence is None or fence.token != token:
                 return  # already reported, or taken again since
+            fence.deadline = float("-inf")
             del self._held[key]
         lease_lost(COHORT + key, self.me.holder, why)
 
@@ -133,22 +142,28 @@ class CohortLeases:
                 taken.append(key)
         return sorted(taken)
 
-    def release(self, keys: set[str]) -> None:
-        """Give leases back (idle ones, to balance; all of them on shutdown)."""
+    def release(self, keys: set[str], busy_too: bool = False) -> list[str]:
+        """Give leases back (idle ones, to balance; all of them on shutdown); returns the keys given back.
+
+        A cohort whose reconcile has started keeps its lease until it finishes, unless `busy_too`:
+        given back mid-run, another replica would reconcile it beside this one."""
         with self._lock:
-            fences = [self._held.pop(k) for k in keys if k in self._held]
-        if not fences:
-            return
-        with self._write() as conn:
+            gone = sorted(k for k in keys if k in self._held and (busy_too or k not in self._busy))
+            fences = [self._held.pop(k) for k in gone]
             for fence in fences:
-                conn.execute(leases.update().where(leases.c.name == fence.name, leases.c.holder == fence.holder,
-                                                   leases.c.token == fence.token)
-                             .values(holder="", expires_at=0.0, busy=False))
+                fence.deadline = float("-inf")
+        if fences:
+            with self._write() as conn:
+                for fence in fences:
+                    conn.execute(leases.update().where(leases.c.name == fence.name, leases.c.holder == fence.holder,
+                                                       leases.c.token == fence.token)
+                                 .values(holder="", expires_at=0.0, busy=False))
+        return gone
 
     def close(self) -> None:
         """On a clean exit: every lease back at once, and this replica gone from the count."""
         try:
-            self.release(self.held())
+            self.release(self.held(), busy_too=True)
             with self._write() as conn:
                 conn.execute(leases.delete().where(leases.c.name == REPLICA + self.id))
         except StateError as exc:
@@ -157,21 +172,27 @@ class CohortLeases:
     # --- work on one cohort -----------------------------------------------------------------
     def start(self, key: str) -> bool:
         """Mark the cohort busy before reconciling it (an `apply` then waits); False when the lease is gone."""
-        return self._set_busy(key, True)
+        with self._lock:
+            fence = self._held.get(key)
+        if fence is None or not self._set_busy(fence, key, True):
+            return False
+        with self._lock:
+            self._busy[key] = fence  # pinned: this reconcile's writes stay fenced by it to the end
+        return True
 
     def finish(self, key: str) -> None:
-        self._set_busy(key, False)
+        with self._lock:
+            fence = self._busy.pop(key, None)
+        if fence is not None and fence.deadline > float("-inf"):
+            self._set_busy(fence, key, False)
 
-    def _set_busy(self, key: str, busy: bool) -> bool:
-        fence = self.fence(key)
-        if fence is None:
-            return False
+    def _set_busy(self, fence: Fence, key: str, busy: bool) -> bool:
         with self._write() as conn:
             done = conn.execute(leases.update().where(
                 leases.c.name == fence.name, leases.c.holder == fence.holder, leases.c.token == fence.token,
                 leases.c.expires_at > self._now).values(busy=busy)).rowcount
         if not done:
-            self.lost(key, fence.token, "taken over before its reconcile")
+            self.lost(key, fence.token, "taken over before its reconcile" if busy else "taken over during its reconcile")
         return bool(done)
 
     def take(self, keys: set[str], wait: float = 10.0) -> None:
@@ -196,7 +217,7 @@ class CohortLeases:
             pending = [n for n in pending if n not in {name for name, _ in rows}]
             if pending and time.monotonic() > deadline:
                 holder = self.holder_of(pending[0])
-                self.release(self.held())
+                self.release(self.held(), busy_too=True)
                 raise LeaseHeld(f"cohort {pending[0][len(COHORT):]} is being reconciled by "
                                 f"{holder.describe() if holder else 'another replica'}; try again when it is done")
             if pending:
@@ -252,5 +273,5 @@ def held_cohorts(state: StateStore, role: str, keys: set[str], ttl: float = DEFA
     background, given back at the end; LeaseHeld naming the holder of one it cannot take."""
     cohort_leases = CohortLeases(state, role, ttl)
     cohort_leases.take(keys)
-    with renewing(ttl, cohort_leases.renew, lambda: cohort_leases.release(cohort_leases.held())):
+    with renewing(ttl, cohort_leases.renew, lambda: cohort_leases.release(cohort_leases.held(), busy_too=True)):
         yield cohort_leases
