@@ -25,7 +25,10 @@ demo: $(STAMP)  ## the example cohorts applied to a local emulator, end to end
 	$(BIN)/cohortsync demo --dir .
 
 test: $(STAMP)  ## every test; PostgreSQL and MariaDB tests skip when no server answers (CI makes them mandatory)
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m 'not soak' $(PYTEST_ARGS)
+
+soak: $(STAMP)  ## the replica fault schedules over ten more seeds (tests/test_replica_schedules.py): about 15 minutes
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n 2 -m soak $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## pyflakes and pycodestyle errors, and the import layers (lint-imports); CI runs it
 	$(BIN)/ruff check --isolated --select E,F,W --ignore E501 reconciler tests bench

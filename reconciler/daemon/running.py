@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 from reconciler.common.errors import CohortSyncError, ConfigError, StateError
-from reconciler.common.statuses import QUIET, Status
 from reconciler.daemon.http import DaemonAPI, DaemonServer
 from reconciler.daemon.metrics import CONTENT_TYPE, Metrics
+from reconciler.daemon.outcomes import log_outcomes
 from reconciler.daemon.overview import Live, cohort_document, status_document, work_json
 from reconciler.daemon.queueing import ALL, Work
 from reconciler.daemon.repository import git_pull
 from reconciler.daemon.runbook import RunBook
 from reconciler.daemon.scheduling import Chunk, Scheduler
 from reconciler.daemon.sharing import sharing_for
-from reconciler.daemon.speccache import SpecCache
+from reconciler.daemon.speccache import SpecCache, workspaces_in_use
 from reconciler.daemon.standing import Standing
 from reconciler.daemon.upkeep import PRUNE_STEP, Upkeep
 from reconciler.daemon.watching import Watcher
@@ -35,7 +35,7 @@ from reconciler.running.reconciling import Reconciler, RunReport, load_checked
 from reconciler.running.selection import RunOptions, Selection
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.settings.model import DEFAULT_WORKSPACE, RateLimit, Settings
-from reconciler.specs.cohorts import SpecSet, load_specs
+from reconciler.specs.cohorts import SpecSet
 from reconciler.specs.dbt import Manifests
 from reconciler.state import leases
 from reconciler.state.keys import split_key, sync_key
@@ -371,28 +371,6 @@ class Daemon:
         return [(name, account.rate_limit, clients[name].limiter.in_use() if name in clients else 0)
                 for name, account in self.settings.accounts.items()
                 if not self.workspaces or name in self.workspaces]
-
-
-def log_outcomes(report: RunReport) -> None:
-    """A line per cohort that sent something or failed; unchanged cohorts at DEBUG."""
-    for o in report.outcomes:
-        if o.result == Status.CONVERGED and (o.sent_adds or o.sent_removes):
-            continue  # applying.py said so already, with the counts
-        quiet = o.result in QUIET and not (o.sent_adds or o.sent_removes or o.requests)
-        level = (logging.DEBUG if quiet else logging.INFO if o.ok or o.yielded
-                 else logging.WARNING if o.result == Status.INTERRUPTED else logging.ERROR)
-        log.log(level, "cohort %s: %s (+%d -%d)%s", o.plan.key, o.result, o.sent_adds, o.sent_removes,
-                f": {o.error or o.plan.reason}" if (o.error or not o.ok) else "")
-
-
-def workspaces_in_use(settings: Settings, chosen: list[str]) -> list[str]:
-    """The workspaces the specs on disk sync to, within `chosen` when given (default when none loads):
-    the daemon needs their credentials."""
-    for name in chosen:
-        settings.account(name)  # a KeyError naming the known ones
-    specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts,
-                       manifests=Manifests(settings.dbt.manifest))
-    return Selection.of(workspaces=chosen).workspaces_of(specs) or (chosen or [DEFAULT_WORKSPACE])
 
 
 def run(args: object) -> int:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from reconciler.daemon.queueing import ALL
-from reconciler.running.selection import target_keys
-from reconciler.settings.model import Settings
-from reconciler.specs.cohorts import SpecSet
+from reconciler.running.selection import Selection, target_keys
+from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
+from reconciler.specs.cohorts import SpecSet, load_specs
+from reconciler.specs.dbt import Manifests
 from reconciler.state.keys import split_key
 from reconciler.state.store import StateStore
 
@@ -123,3 +124,13 @@ class SpecCache:
                 if path not in index and path.suffix.lower() in (".yaml", ".yml"):
                     index[path] = ids
         return index
+
+
+def workspaces_in_use(settings: Settings, chosen: list[str]) -> list[str]:
+    """The workspaces the specs on disk sync to, within `chosen` when given (default when none loads):
+    the daemon needs their credentials."""
+    for name in chosen:
+        settings.account(name)  # a KeyError naming the known ones
+    specs = load_specs(settings.cohorts_dir, settings.connections, settings.accounts,
+                       manifests=Manifests(settings.dbt.manifest))
+    return Selection.of(workspaces=chosen).workspaces_of(specs) or (chosen or [DEFAULT_WORKSPACE])
