@@ -38,7 +38,7 @@ def test_variables_expand_in_the_config_with_defaults(tmp_path):
     s = load_settings(cfg, env={"WS": "W1", "KEY": "k"})
     assert s.moengage.workspace_id == "W1" and s.moengage.api_key.reveal() == "k"
     assert s.moengage.url.startswith("https://api-03.")
-    assert s.connections["warehouse"].reveal() == f"sqlite:///{tmp_path}/wh.db"
+    assert s.connections["warehouse"].url.reveal() == f"sqlite:///{tmp_path}/wh.db"
     assert "unset" not in s.connections
 
 
@@ -51,7 +51,7 @@ def test_environment_wins_over_the_file(tmp_path):
     s = load_settings(cfg, env=env)
     assert s.partner == "env" and s.moengage.rate_limit == RateLimit(20, 2.0) and s.daemon.listen == "127.0.0.1:2"
     assert s.moengage.url == "http://127.0.0.1:9/v1/integrations/cohortsync" and s.prune is True
-    assert s.connections["sales"].reveal().endswith("/sales.db") and s.moengage.max_payload_bytes == 64000
+    assert s.connections["sales"].url.reveal().endswith("/sales.db") and s.moengage.max_payload_bytes == 64000
     assert s.parallel_plan_min == 0
 
 

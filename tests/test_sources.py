@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from reconciler.common.errors import SourceError
-from reconciler.settings.model import Secret
+from reconciler.settings.model import ConnectionSettings, Secret
 from reconciler.sources.reading import Engines, FileSource, SqlSource, normalize
 from reconciler.specs.cohorts import CohortSpec, SourceSpec
 
@@ -107,7 +107,7 @@ def warehouse(request, tmp_path) -> str:
 
 
 def read(url: str, sql: str, timeout: float = 30) -> list[str]:
-    engines = Engines({"db": Secret(url)})
+    engines = Engines({"db": ConnectionSettings(Secret(url))})
     try:
         return flat(SqlSource(sql_spec(sql), engines, timeout))
     finally:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from reconciler.common.errors import CohortApiError, CohortSyncError, SourceError, TemporaryApiError
 from reconciler.moengage.users import UserLookup
-from reconciler.planning.planner import reading
+from reconciler.planning.spills import reading
 from reconciler.running.reconciling import load_checked, spec_error_plans
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.settings.model import Settings

@@ -23,7 +23,7 @@ from reconciler.cli.scaffold import ASSETS, SCHEMAS, copy_tree
 from reconciler.settings.config import load_settings
 from reconciler.emulator.process import EmulatorProcess
 from reconciler.state.leases import held
-from reconciler.settings.model import Secret, Settings
+from reconciler.settings.model import ConnectionSettings, Secret, Settings
 
 DEMO_WORKSPACE, DEMO_KEY = "DEMO_WORKSPACE", "demo-data-api-key"
 CUSTOMERS = 2000
@@ -55,7 +55,7 @@ def build_warehouse(path: Path, seed: int = 42) -> None:
 
 def demo_settings(settings: Settings, url: str, state_dir: Path) -> Settings:
     moengage = dataclasses.replace(settings.moengage, base_url=url, workspace_id=DEMO_WORKSPACE, api_key=Secret(DEMO_KEY))
-    connections = {**settings.connections, "warehouse": Secret(f"sqlite:///{state_dir / 'warehouse.db'}")}
+    connections = {**settings.connections, "warehouse": ConnectionSettings(Secret(f"sqlite:///{state_dir / 'warehouse.db'}"))}
     return dataclasses.replace(settings, moengage=moengage, connections=connections)
 
 

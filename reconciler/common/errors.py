@@ -48,6 +48,15 @@ class StateError(CohortSyncError):
     """The state database is unreachable or not ours."""
 
 
+class SnapshotError(StateError):
+    """A cohort's warehouse snapshot cannot be trusted, reached or written: that cohort fails, and
+    no diff computed against it is sent."""
+
+
+class SnapshotMoved(SnapshotError):
+    """The snapshot was written by someone else since this writer last saw it (its generation moved)."""
+
+
 class LeaseHeld(CohortSyncError):
     """Another writer holds the state lease."""
 

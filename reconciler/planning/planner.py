@@ -7,17 +7,12 @@ the way. Memory stays bounded; apply then reads the spilled changes back.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import logging
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import IO
 
 from reconciler.common.actions import Action
-from reconciler.moengage.batching import Envelope, Packer
+from reconciler.moengage.batching import Envelope
 from reconciler.planning.diffs import Tally, merge_diff
 from reconciler.common.errors import CohortApiError, SourceError, StateError
 from reconciler.sources.ordering import OutOfOrder, as_text, checked, external_sort, gnu_sort_available
@@ -26,79 +21,26 @@ from reconciler.planning.paths import COMM, FILE, HELPER, SORT_FILE, SORT_INTO_C
 from reconciler.planning.refusals import HeldBack, held_back
 from reconciler.planning.readahead import ReadAhead, SyncedMembers, shareable, synced_members
 from reconciler.planning.resync import resync_diff
+from reconciler.planning.spills import PreparedPlan, Spill, chained, gc_paused, hashing, reading
 from reconciler.planning.unconfirmed import Unconfirmed
 from reconciler.planning.plans import (CHANGED, ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict,
                                        verdict)
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
+from reconciler.snapshots.diffing import WarehouseDiff
+from reconciler.snapshots.placement import WAREHOUSE, Keeping, Members, Placement, SnapshotMembers, Snapshots
 from reconciler.sources.reading import Engines, FileSource, Source, open_source
 from reconciler.specs.cohorts import CohortSpec
 from reconciler.state.records import CohortRecord
-from reconciler.state.store import StateStore, synced_in_order
+from reconciler.state.store import StateStore
 
 log = logging.getLogger(__name__)
-
-
-class Spill:
-    """Uids of one action, in order, in a temporary file: counted, sampled, read back once or more."""
-
-    def __init__(self, envelope: Envelope, max_bytes: int, *, resend: bool = False) -> None:
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-plan-")
-        self._packer = Packer(envelope, max_bytes)
-        self.envelope = envelope
-        self.resend = resend  # uncertain uids whose member rows are already right: settle without writing them
-        self.count = 0
-        self.samples: list[str] = []
-
-    def write(self, uids: list[str]) -> None:
-        if not uids:
-            return
-        self._packer.add_all(uids)  # counts requests; raises CohortApiError for an unsendable uid
-        self._file.write("\n".join(uids).encode("utf-8") + b"\n")
-        self.count += len(uids)
-        if len(self.samples) < SAMPLES:
-            self.samples.extend(uids[: SAMPLES - len(self.samples)])
-
-    @property
-    def requests(self) -> int:
-        return self._packer.requests
-
-    def __iter__(self) -> Iterator[str]:
-        self._file.flush()
-        self._file.seek(0)
-        for line in self._file:
-            yield line[:-1].decode("utf-8")
-
-    def close(self) -> None:
-        self._file.close()
-
-
-@dataclass
-class PreparedPlan:
-    """A plan and the spilled changes apply will send; close() frees the files."""
-
-    plan: CohortPlan
-    removes: Spill | None = None
-    adds: Spill | None = None
-    re_removes: Spill | None = None  # uncertain uids, not members, not desired
-    re_adds: Spill | None = None  # uncertain uids, members, desired
-    held: HeldBack | None = None  # what the diff kept from MoEngage: refused uids (planning/refusals.py)
-
-    def spills(self) -> list[Spill]:
-        return [s for s in self._all() if s is not None and s.count]
-
-    def close(self) -> None:
-        for spill in self._all():
-            if spill is not None:
-                spill.close()
-
-    def _all(self) -> tuple[Spill | None, ...]:
-        return self.removes, self.re_removes, self.adds, self.re_adds
 
 
 class Planner:
     def __init__(self, settings: Settings, state: StateStore, engines: Engines, *, digest_desired: bool = False) -> None:
         self.settings, self.state, self.engines = settings, state, engines
         self.digest_desired = digest_desired  # saved plans fingerprint SQL cohorts by their desired set
+        self.snapshots = Snapshots(state, engines, settings.statement_timeout)
 
     def envelope(self, action: str, cohort_id: str, name: str, description: str | None) -> Envelope:
         return Envelope(action, self.settings.partner, cohort_id, name, description)
@@ -110,15 +52,20 @@ class Planner:
         prepared = PreparedPlan(plan)
         uncertain = Unconfirmed([], set())
         try:
+            placement = self._place(prepared, spec, record)
             source = open_source(spec, self.engines, self.settings.statement_timeout)
             plan.source_digest = source.digest()
             if _unchanged_since(record, spec, plan.source_digest) and not (retry_refused and plan.refused):
                 plan.desired = record.synced_count  # type: ignore[union-attr]
                 log.debug("cohort %s: spec and source unchanged since it converged", plan.key)
                 return prepared
-            uncertain = self.unconfirmed(plan.key, plan.unconfirmed)
             prepared.held = held_back(self.state, plan, record, retry_refused)
-            self._diff(prepared, spec, source, record, uncertain)
+            if placement.diff == WAREHOUSE:
+                uncertain = self._diff_in_warehouse(prepared, spec, record, placement)
+            else:
+                members = self._members(prepared, record)
+                uncertain = self.unconfirmed(plan.key, plan.unconfirmed, members)
+                self._diff(prepared, spec, source, record, uncertain, members)
         except (SourceError, CohortApiError, StateError, OSError) as exc:  # OSError: a sort, a spill to disk
             return _failed(prepared, exc)
         guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals, desired=plan.desired or 0,
@@ -136,11 +83,13 @@ class Planner:
         plan.resync = True
         prepared = PreparedPlan(plan)
         try:
+            self._place(prepared, spec, record)
+            members = self._members(prepared, record)
             source = open_source(spec, self.engines, self.settings.statement_timeout)
             plan.source_digest = source.digest()
             prepared.held = held_back(self.state, plan, record, retry_refused)
             with gc_paused(), reading(source) as chunks:
-                self._spill_resync(prepared, spec, external_sort(chunks))
+                self._spill_resync(prepared, spec, external_sort(chunks), members)
         except (SourceError, CohortApiError, StateError, OSError) as exc:
             return _failed(prepared, exc)
         guard = guard_verdict(allow_empty=spec.allow_empty, max_removals=spec.max_removals, desired=plan.desired or 0,
@@ -151,16 +100,17 @@ class Planner:
                                           "uids that left earlier are not removed")
         return prepared
 
-    def _spill_resync(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]]) -> None:
+    def _spill_resync(self, prepared: PreparedPlan, spec: CohortSpec, desired: Iterable[list[str]],
+                      members: Members) -> None:
         plan, mirror = prepared.plan, spec.mode == "mirror"
         spills = (self._spill(Action.ADD, plan), self._spill(Action.ADD, plan, resend=True),
                   self._spill(Action.REMOVE, plan), self._spill(Action.REMOVE, plan, resend=True))
         prepared.adds, prepared.re_adds, prepared.removes, prepared.re_removes = spills
         leavers: Iterable[list[str]] = ()
         if mirror:
-            leavers = external_sort(_chained(self.state.changelog.leavers(plan.key), self.state.unconfirmed_uids(plan.key)))
+            leavers = external_sort(chained(self.state.changelog.leavers(plan.key), self.state.unconfirmed_uids(plan.key)))
         tally, held = Tally(), prepared.held or HeldBack()
-        for part in resync_diff(desired, synced_in_order(self.state, plan.key), leavers, tally):
+        for part in resync_diff(desired, members.in_order(), leavers, tally):
             spills[0].write(held.adds(part.adds))
             spills[1].write(part.re_adds)
             if mirror:
@@ -173,12 +123,55 @@ class Planner:
         plan.sample_removes = (spills[2].samples + spills[3].samples)[:SAMPLES]
         plan.refused, plan.sample_refused, plan.refused_new = held.count, held.samples, len(held.local)
 
-    def unconfirmed(self, cohort_id: str, count: int) -> Unconfirmed:
+    def unconfirmed(self, cohort_id: str, count: int, members: Members) -> Unconfirmed:
         """The cohort's uncertain uids and which of them are members; nothing is read when there are none."""
         if not count:
             return Unconfirmed([], set())
         uids = self.state.unconfirmed_uids(cohort_id)
-        return Unconfirmed(uids, self.state.present_among(cohort_id, uids))
+        return Unconfirmed(uids, members.present_among(uids))
+
+    def _place(self, prepared: PreparedPlan, spec: CohortSpec | None, record: CohortRecord | None) -> Placement:
+        """Where the cohort's members are and should be (snapshots/placement.py): the plan says how it diffs."""
+        placement = prepared.placement = self.snapshots.placement(spec, record, prepared.plan.key)
+        prepared.plan.diff = placement.diff
+        if placement.moves and (placement.wanted is None or placement.diff != WAREHOUSE):
+            prepared.plan.moves = "warehouse" if placement.wanted is not None else "local"
+        return placement
+
+    def _members(self, prepared: PreparedPlan, record: CohortRecord | None) -> Members:
+        """Where the members are read from for a diff made here: the local state, or the snapshot they are
+        kept in (its mark checked first, and kept for apply's writes)."""
+        if record is None or not record.snapshot:
+            return self.snapshots.members(record, prepared.plan.key)
+        prepared.keeping = self.snapshots.keeping(record)
+        assert prepared.keeping is not None
+        return SnapshotMembers(prepared.keeping.snapshot)
+
+    def _diff_in_warehouse(self, prepared: PreparedPlan, spec: CohortSpec, record: CohortRecord | None,
+                           placement: Placement) -> Unconfirmed:
+        """The diff run by the warehouse (snapshots/diffing.py): only the changes come back to be spilled."""
+        plan, kept = prepared.plan, placement.now is not None
+        assert placement.wanted is not None and spec.source.sql is not None
+        snapshot = self.snapshots.open(placement.wanted, plan.key)
+        with gc_paused(), snapshot.reading() as conn:
+            known = record.mark if kept and record is not None else None
+            trust = snapshot.trusted(conn, known, lambda: set(self.state.unconfirmed_uids(plan.key)))
+            changes = WarehouseDiff(snapshot, spec.id, spec.source.sql).run(conn, against_table=kept)
+        mark = trust.mark
+        try:
+            if kept:
+                prepared.keeping = Keeping(snapshot, mark, trust.unrecorded)
+            members = SnapshotMembers(snapshot) if kept else self.snapshots.members(record, plan.key)
+            uncertain = self.unconfirmed(plan.key, plan.unconfirmed, members)
+            tally, digest = Tally(synced=mark.count), hashlib.sha256(repr(mark).encode())
+            pairs = _counted(changes.added(), changes.removed(), tally, digest if self.digest_desired else None)
+            self._spill_pairs(prepared, spec, pairs, uncertain)
+            plan.desired, plan.synced = tally.desired, tally.synced
+            if self.digest_desired:
+                plan.desired_digest = digest.hexdigest()  # the snapshot and the changes: the desired set exactly
+        finally:
+            changes.close()
+        return uncertain
 
     def plan_orphan(self, record: CohortRecord, *, prune: bool, reason: str | None = None) -> PreparedPlan:
         """A cohort in state whose spec is gone: reported, emptied only when pruning."""
@@ -189,10 +182,14 @@ class Planner:
         if not prune:
             plan.reason = reason or "its spec is gone; members left as they are (prune to empty it)"
             return prepared
-        prepared.removes = self._spill(Action.REMOVE, plan)
-        for chunk in self.state.synced_chunks(record.id):
-            prepared.removes.write(chunk)
-        uncertain = self.unconfirmed(record.id, record.unconfirmed)
+        try:
+            members = self._members(prepared, record)
+            prepared.removes = self._spill(Action.REMOVE, plan)
+            for chunk in members.in_order():
+                prepared.removes.write(chunk)
+            uncertain = self.unconfirmed(record.id, record.unconfirmed, members)
+        except (StateError, OSError) as exc:
+            return _failed(prepared, exc)
         prepared.re_removes = self._spill(Action.REMOVE, plan, resend=True)
         prepared.re_removes.write([u for u in uncertain.uids if u not in uncertain.present])
         plan.desired, plan.removes = 0, prepared.removes.count + prepared.re_removes.count
@@ -202,13 +199,15 @@ class Planner:
         return prepared
 
     def _diff(self, prepared: PreparedPlan, spec: CohortSpec, source: Source, record: CohortRecord | None,
-              uncertain: Unconfirmed) -> None:
-        """Diff by the path paths.choose names: for a big cohort a helper reads the state and GNU comm compares."""
+              uncertain: Unconfirmed, members: Members) -> None:
+        """Diff by the path paths.choose names: for a big cohort a helper reads the state and GNU comm compares;
+        members kept in a warehouse snapshot are read from it here, in this process."""
         synced: SyncedMembers | None = None
-        facts = self._facts(source, record.synced_count if record else 0)
+        elsewhere = isinstance(members, SnapshotMembers)
+        facts = self._facts(source, record.synced_count if record else 0, helper_possible=not elsewhere)
         path = self._path(facts, source)
         try:  # from before the helper starts, so that even Ctrl-C on the next line stops it
-            synced = synced_members(self.state, prepared.plan.key, path.reader == HELPER)  # it starts reading now
+            synced = members if elsewhere else synced_members(self.state, prepared.plan.key, path.reader == HELPER)
             if path.reader == HELPER and not isinstance(synced, ReadAhead):  # it could not start
                 path = self._path(dataclasses.replace(facts, helper_possible=False), source)
             log.debug("cohort %s: %s", prepared.plan.key, path)
@@ -224,10 +223,10 @@ class Planner:
             if synced is not None:
                 synced.close()
 
-    def _facts(self, source: Source, synced: int) -> Facts:
+    def _facts(self, source: Source, synced: int, helper_possible: bool = True) -> Facts:
         text_file = isinstance(source, FileSource) and source.plain_text
-        return Facts(synced, self.settings.parallel_plan_min, shareable(self.state), textdiff.available(),
-                     gnu_sort_available(), text_file, plain_file=False, digest=self.digest_desired)
+        return Facts(synced, self.settings.parallel_plan_min, helper_possible and shareable(self.state),
+                     textdiff.available(), gnu_sort_available(), text_file, plain_file=False, digest=self.digest_desired)
 
     @staticmethod
     def _path(facts: Facts, source: Source) -> Path:
@@ -270,15 +269,10 @@ class Planner:
         """Diff desired (sorted chunks, chunks in any order for the tools, or a plain file's path)
         against synced, into the spills."""
         plan = prepared.plan
-        prepared.re_adds = prepared.re_removes = None  # from an attempt that started over
-        prepared.adds = adds = self._spill(Action.ADD, plan)
-        prepared.removes = removes = self._spill(Action.REMOVE, plan)
         tally = Tally()
-        held = prepared.held = (prepared.held or HeldBack()).fresh()
-        mirror = spec.mode == "mirror"
         digest = hashlib.sha256() if self.digest_desired and not isinstance(desired, str) else None
         if digest is not None:
-            desired = _hashing(desired, digest)  # type: ignore[arg-type]
+            desired = hashing(desired, digest)  # type: ignore[arg-type]
         if tools:
             assert isinstance(synced, ReadAhead)
             text = desired if isinstance(desired, str) else as_text(desired)
@@ -286,15 +280,27 @@ class Planner:
         else:
             assert not isinstance(desired, str)
             pairs = merge_diff(desired, synced, tally)
+        self._spill_pairs(prepared, spec, pairs, uncertain)
+        plan.desired, plan.synced = tally.desired, tally.synced
+        if digest is not None:
+            plan.desired_digest = digest.hexdigest()
+
+    def _spill_pairs(self, prepared: PreparedPlan, spec: CohortSpec, pairs: Iterable[tuple[list[str], list[str]]],
+                     uncertain: Unconfirmed) -> None:
+        """(adds, removes) as a diff yields them (each list ascending) into the spills, less what is held back;
+        then the re-sends the uncertain uids need, and the plan's counts."""
+        plan = prepared.plan
+        prepared.re_adds = prepared.re_removes = None  # from an attempt that started over
+        prepared.adds = adds = self._spill(Action.ADD, plan)
+        prepared.removes = removes = self._spill(Action.REMOVE, plan)
+        held = prepared.held = (prepared.held or HeldBack()).fresh()
+        mirror = spec.mode == "mirror"
         for added, removed in pairs:
             adds.write(held.adds(added))
             if mirror:
                 removes.write(held.removes(removed))
             if uncertain:
                 uncertain.note(added, removed)
-        plan.desired, plan.synced = tally.desired, tally.synced
-        if digest is not None:
-            plan.desired_digest = digest.hexdigest()
         self._spill_resends(prepared, uncertain, mirror)
         spills = prepared.spills()
         plan.adds = sum(s.count for s in spills if s.envelope.action == Action.ADD)
@@ -330,6 +336,19 @@ def _plan_for(spec: CohortSpec, record: CohortRecord | None, workspace: str) -> 
                       reads=list(spec.source.reads))
 
 
+def _counted(added: Iterable[list[str]], removed: Iterable[list[str]], tally: Tally,
+             digest: "hashlib._Hash | None") -> Iterator[tuple[list[str], list[str]]]:
+    """A warehouse diff's changes as (adds, removes) pairs; the desired count follows from the snapshot's:
+    desired = synced - removes + adds."""
+    for tag, stream in ((b"+", added), (b"-", removed)):
+        for chunk in stream:
+            tally.desired += len(chunk) if tag == b"+" else -len(chunk)
+            if digest is not None:
+                digest.update(tag + "\n".join(chunk).encode("utf-8") + b"\n")
+            yield (chunk, []) if tag == b"+" else ([], chunk)
+    tally.desired += tally.synced
+
+
 def _failed(prepared: PreparedPlan, exc: Exception) -> PreparedPlan:
     """The plan as `error` with the reason, its spills freed: nothing is sent, nothing removed."""
     prepared.close()
@@ -338,50 +357,6 @@ def _failed(prepared: PreparedPlan, exc: Exception) -> PreparedPlan:
         getattr(exc, "message", str(exc))
     plan.adds = plan.removes = plan.requests = 0
     return PreparedPlan(plan)
-
-
-def _chained(chunks: Iterable[list[str]], extra: list[str]) -> Iterator[list[str]]:
-    yield from chunks
-    yield extra
-
-
-def _hashing(chunks: Iterable[list[str]], digest: "hashlib._Hash") -> Iterator[list[str]]:
-    for chunk in chunks:
-        digest.update("\n".join(chunk).encode("utf-8") + b"\n")
-        yield chunk
-
-
-@contextmanager
-def reading(source: Source) -> Iterator[Iterator[list[str]]]:
-    """A source's chunks, closed when the attempt ends: a query given up half-read (found out of
-    order) ends its transaction now, on a live connection, not whenever the collector gets to it."""
-    chunks = source.chunks()
-    try:
-        yield chunks
-    finally:
-        close = getattr(chunks, "close", None)
-        try:
-            if close is not None:
-                close()
-        except ValueError:  # a tool's feeding thread still reads it: it is closed when that thread lets go
-            pass
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector during a diff.
-
-    A 10M-member diff allocates millions of short-lived row tuples and lists, none in a cycle;
-    the collector would scan them over and over (about 15% of a plan's time). Reference
-    counting still frees everything at once; the collector resumes afterwards.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _unchanged_since(record: CohortRecord | None, spec: CohortSpec, source_digest: str | None) -> bool:

@@ -51,6 +51,8 @@ class CohortPlan:
     refused_new: int = 0  # of those, uids refused by this plan's own checks (never valid), not kept before
     refused_retry: bool = False  # --retry-refused: the held-back uids are sent, and an acceptance clears them
     reads: list[str] = field(default_factory=list)  # the dbt models the source reads (unique ids)
+    diff: str = "local"  # how it was diffed: "warehouse" (in the warehouse, against its snapshot) or "local"
+    moves: str | None = None  # where apply moves its members first: "warehouse" or "local" (none: they stay)
 
     @property
     def key(self) -> str:
@@ -70,7 +72,7 @@ class CohortPlan:
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "workspace": self.workspace, "status": self.status, "mode": self.mode,
-            "file": self.file,
+            "file": self.file, "diff": self.diff,
             "desired": self.desired, "synced": self.synced, "adds": self.adds, "removes": self.removes,
             "requests": self.requests, "unconfirmed": self.unconfirmed, "unconfirmed_since": self.unconfirmed_since,
             "reason": self.reason, "forced": self.forced,
@@ -78,6 +80,7 @@ class CohortPlan:
             **({"resync": True} if self.resync else {}),  # only when asked for: plans keep their shape
             **({"refused": self.refused, "sample_refused": self.sample_refused} if self.refused else {}),
             **({"reads": self.reads} if self.reads else {}),  # only for a dbt_model source, likewise
+            **({"moves": self.moves} if self.moves else {}),  # only while its members are to move
         }
 
 

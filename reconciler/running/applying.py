@@ -20,12 +20,14 @@ from reconciler.common.errors import (ApiError, FatalApiError, Interrupted, Leas
 from reconciler.common.statuses import Status
 from reconciler.moengage.batching import Batch, pack
 from reconciler.moengage.client import MoEngageClient
-from reconciler.planning.planner import PreparedPlan, Spill
+from reconciler.planning.spills import PreparedPlan, Spill
 from reconciler.planning.plans import SAMPLES, CohortPlan
 from reconciler.running.bisecting import MAX_REFUSED, Bisection
 from reconciler.running.progress import NoProgress, Progress
+from reconciler.snapshots.moving import drop_quietly
+from reconciler.snapshots.placement import Keeping
 from reconciler.state.fencing import Fence
-from reconciler.state.records import ChangeNote, Counts, RunRecord, Ending
+from reconciler.state.records import ChangeNote, Counts, Ending, RunRecord, SnapshotMark
 from reconciler.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class CohortOutcome(Counts):
     yielded: bool = False  # set aside between batches for more urgent work: the rest is sent after it
     refused_now: list[str] = field(default_factory=list)  # uids MoEngage refused in this run (bisected)
     bisect_requests: int = 0  # requests spent finding them
+    keeping: Keeping | None = field(default=None, repr=False)  # the warehouse snapshot its members are written to
 
     @property
     def ok(self) -> bool:
@@ -95,7 +98,7 @@ class Applier:
         initial sync does not hold a triggered cohort up for minutes.
         """
         plan = prepared.plan
-        outcome = CohortOutcome(plan, Status.FAILED)
+        outcome = CohortOutcome(plan, Status.FAILED, keeping=prepared.keeping)
         stats = client.stats
         start = (stats.requests, stats.retries, stats.throttled, stats.bytes_sent, time.monotonic())
         self.progress.start(plan)
@@ -152,7 +155,7 @@ class Applier:
 
         A 400 naming the members (or no field) refuses the batch, which is then bisected
         (bisecting.py): each part is sent as a batch of its own, with `bisect` False."""
-        plan, action, state = outcome.plan, spill.envelope.action, self.state
+        plan, action, state, keeping = outcome.plan, spill.envelope.action, self.state, outcome.keeping
         if fence is not None:
             fence.check_local()
         batch_id = state.begin_batch(plan.cohort, action, list(batch.uids), run.run_id,
@@ -161,9 +164,10 @@ class Applier:
         try:
             for part in client.send(batch, fence.check_local if fence is not None else None):  # parts: after a 413
                 settled += len(part.uids)
+                mark = self._write_snapshot(keeping, action, list(part.uids)) if not spill.resend else None
                 state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
                                    write_members=not spill.resend, note=note, fence=fence,
-                                   clear_refused=plan.refused_retry)
+                                   clear_refused=plan.refused_retry, snapshot=mark)
                 outcome.count_sent(action, len(part.uids))
                 self.progress.advance(len(part.uids))
                 log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.key, action, len(part.uids),
@@ -176,6 +180,15 @@ class Applier:
             if not (bisect and isinstance(exc, MembersRefused)):
                 raise
             self._bisect(batch, batch.uids[settled:], exc, spill, client, run, outcome, note, fence)
+
+    @staticmethod
+    def _write_snapshot(keeping: Keeping | None, action: Action, uids: list[str]) -> SnapshotMark | None:
+        """Members kept in a warehouse snapshot go there first, then the state records the mark (store.py):
+        a death between the two leaves the snapshot one write ahead with these uids still pending."""
+        if keeping is None:
+            return None
+        keeping.mark = keeping.snapshot.write(action, uids, keeping.mark)
+        return keeping.mark
 
     def _bisect(self, batch: Batch, uids: tuple[str, ...], error: MembersRefused, spill: Spill, client: MoEngageClient,
                 run: RunRecord, outcome: CohortOutcome, note: ChangeNote | None, fence: Fence | None) -> None:
@@ -215,6 +228,8 @@ def _finish(state: StateStore, run: RunRecord, outcome: CohortOutcome, fence: Fe
         state.record_run(run, fence)
         if outcome.result == Status.PRUNED:
             state.forget(plan.key, fence)
+            if outcome.keeping is not None:
+                drop_quietly(outcome.keeping.snapshot)
         elif outcome.result == Status.CONVERGED:
             state.record_outcome(plan.cohort, Ending(Status.CONVERGED, converged=True, spec_digest=plan.spec_digest,
                                                        source_digest=plan.source_digest), fence)

@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from reconciler.common.errors import ConfigError, FatalApiError, LeaseLost
+from reconciler.common.errors import ConfigError, FatalApiError, LeaseLost, StateError
 from reconciler.common.statuses import Status
 from reconciler.moengage.client import MoEngageClient
-from reconciler.planning.planner import Planner, PreparedPlan
+from reconciler.planning.planner import Planner
+from reconciler.planning.spills import PreparedPlan
 from reconciler.planning.plans import CHANGED, ERROR, ORPHANED, UNCHANGED, CohortPlan, fingerprint
 from reconciler.running.applying import Applier, CohortOutcome
 from reconciler.running.progress import Progress
 from reconciler.running.selection import EVERYTHING, RunOptions, Selection
 from reconciler.settings.config import require_credentials
+from reconciler.snapshots.moving import Mover
 from reconciler.settings.model import DEFAULT_WORKSPACE, MoEngageSettings, Settings
 from reconciler.sources.reading import Engines
 from reconciler.specs.cohorts import SpecSet, load_specs, name_rules
@@ -90,6 +92,7 @@ class Reconciler:
         self.engines = Engines(settings.connections)
         self.planner = Planner(settings, state, self.engines, digest_desired=digest_desired)
         self.applier = Applier(state, self.stop, progress, changelog=settings.changelog.logs)
+        self.mover = Mover(state, self.planner.snapshots)
 
     def client_for(self, workspace: str) -> MoEngageClient:
         """The workspace's client (its own rate limiter), made on first use from its settings."""
@@ -204,6 +207,10 @@ class Reconciler:
         plan, options = prepared.plan, run.options
         if options.expected is not None and fingerprint(plan) != options.expected.get(plan.key):
             return CohortOutcome(plan, Status.STALE, error=STALE)
+        if not options.dry_run and plan.status != ERROR:
+            failed = self._place(prepared, run.report.run_id)
+            if failed is not None:
+                return failed
         if options.dry_run or not plan.actionable:
             try:
                 self._note_idle(plan, run.records.get(plan.key), options.dry_run)
@@ -229,6 +236,26 @@ class Reconciler:
             run.report.stop(f"{where}MoEngage refused the credentials or the account: {exc}")
             log.error("run stopped for workspace %s: %s", plan.workspace, exc)
             return CohortOutcome(plan, Status.FAILED, error=str(exc), fatal=True)
+
+    def _place(self, prepared: PreparedPlan, run_id: str) -> CohortOutcome | None:
+        """Before sending: members moved to where the config wants them (snapshots/moving.py); an outcome
+        when that failed (nothing is sent), else None."""
+        plan, fence = prepared.plan, self.fences(prepared.plan.key)
+        placement = prepared.placement if plan.status != ORPHANED else None  # an orphan's members stay where they are
+        try:
+            prepared.keeping = self.mover.settle(plan.cohort, placement, prepared.keeping, fence, run_id)
+        except LeaseLost as exc:
+            if fence is not None:
+                fence.lost(str(exc))
+            return CohortOutcome(plan, Status.INTERRUPTED, error=str(exc))
+        except StateError as exc:
+            log.error("cohort %s: %s", plan.key, exc)
+            try:
+                self.state.record_outcome(plan.cohort, Ending(Status.FAILED, error=str(exc)), fence)
+            except (StateError, LeaseLost):
+                pass  # the outcome says it all the same
+            return CohortOutcome(plan, Status.FAILED, error=str(exc))
+        return None
 
     def _note_idle(self, plan: CohortPlan, record: CohortRecord | None, dry_run: bool) -> None:
         """Record what changed in a cohort's standing without sending; steady state writes nothing."""

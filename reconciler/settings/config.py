@@ -87,7 +87,11 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         target[name] = _parsed(key.kind.from_env, env[key.env], "environment", key.env)
     for var, value in env.items():
         if var.startswith(CONNECTION_PREFIX) and value:
-            data.setdefault("connections", {})[var[len(CONNECTION_PREFIX):].lower()] = value
+            connections, name = data.setdefault("connections", {}), var[len(CONNECTION_PREFIX):].lower()
+            if isinstance(connections.get(name), dict):  # the file's mapping keeps its `snapshots`
+                connections[name]["url"] = value
+            else:
+                connections[name] = value
     for name, account in (data.get("workspaces") or {}).items():
         if isinstance(account, dict):
             for key in ("workspace_id", "api_key"):

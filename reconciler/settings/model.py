@@ -136,8 +136,37 @@ def _url(value: Any, base: Path | None) -> str:
     return str(value) if base is None else sqlite_relative_to(str(value), base)
 
 
-def _urls(value: Any, base: Path | None) -> dict[str, Secret]:
-    return {str(k): Secret(_url(v, base)) for k, v in (value or {}).items() if v}
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # a plain identifier: the same on every dialect
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """A warehouse for `sql` sources; with `snapshots` (a schema), its cohorts are diffed in the
+    warehouse against a snapshot table per (workspace, cohort) kept in that schema."""
+
+    url: Secret
+    snapshots: str | None = None
+
+
+def _connection(name: str, value: Any, base: Path | None) -> ConnectionSettings | None:
+    """A URL string, or a mapping {url, snapshots}; None for an empty one (an unset ${VAR})."""
+    if not isinstance(value, dict):
+        return ConnectionSettings(Secret(_url(value, base))) if value else None
+    unknown = sorted(set(map(str, value)) - {"url", "snapshots"})
+    if unknown:
+        raise ValueError(f"connections.{name}: unknown key {shown(unknown[0])}: a connection has `url` and `snapshots`")
+    snapshots = value.get("snapshots")
+    if snapshots is not None and not _SCHEMA_NAME.match(str(snapshots)):
+        raise ValueError(f"connections.{name}.snapshots: {shown(snapshots)} is not a schema name: use letters, "
+                         "digits and _ (at most 63), not starting with a digit")
+    if not value.get("url"):
+        return None
+    return ConnectionSettings(Secret(_url(value["url"], base)), str(snapshots) if snapshots is not None else None)
+
+
+def _urls(value: Any, base: Path | None) -> dict[str, ConnectionSettings]:
+    found = {str(k): _connection(str(k), v, base) for k, v in (value or {}).items()}
+    return {k: c for k, c in found.items() if c is not None}
 
 
 @dataclass(frozen=True)
@@ -194,7 +223,7 @@ RATE = Kind("rate N/S", ("string",), lambda v, base: RateLimit.parse(v))
 NAME_RULE = Kind("`leading_period` or `no_leading_period`", ("string",), _name_rule)
 PATH = Kind("path", ("string",), _path)
 URL = Kind("SQLAlchemy URL", ("string",), _url)
-URLS = Kind("SQLAlchemy URL", ("object",), _urls, named=True)
+URLS = Kind("SQLAlchemy URL, or `{url, snapshots}`", ("object",), _urls, named=True)
 TARGETS = Kind("list of targets", ("array",), _targets, _json_list)
 
 
@@ -353,8 +382,10 @@ class Settings:
         None, WORKSPACES, "MOENGAGE_{NAME}_WORKSPACE_ID",
         "more MoEngage accounts, each with the keys of `moengage` (`moengage` is the workspace `default`); "
         "credentials from `MOENGAGE_NAME_WORKSPACE_ID` and `MOENGAGE_NAME_API_KEY` unless given")
-    connections: dict[str, Secret] = setting(None, URLS, "COHORTSYNC_CONNECTION_",
-                                             "a warehouse for `sql` sources (`connection: NAME`)")
+    connections: dict[str, ConnectionSettings] = setting(None, URLS, "COHORTSYNC_CONNECTION_",
+                                                 "a warehouse for `sql` sources (`connection: NAME`); with "
+                                                 "`snapshots: SCHEMA`, its cohorts are diffed in the warehouse "
+                                                 "(see The diff inside the warehouse); the variable sets the URL")
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     changelog: ChangelogSettings = field(default_factory=ChangelogSettings)
     notify: tuple[NotifyTarget, ...] | None = setting(None, TARGETS, "COHORTSYNC_NOTIFY",

@@ -26,7 +26,7 @@ from reconciler.common.errors import SourceError, short_message
 from reconciler.common.quoting import shown, shown_all
 from reconciler.common.urls import BadUrl, engine_for, parse_url
 from reconciler.sources.ordering import gnu_sort_file
-from reconciler.settings.model import Secret
+from reconciler.settings.model import ConnectionSettings
 from reconciler.specs.cohorts import CohortSpec
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
@@ -234,14 +234,14 @@ def source_engine(url: str) -> Engine:
 class Engines:
     """One SQLAlchemy engine per named connection, made on first use, disposed at the end."""
 
-    def __init__(self, urls: dict[str, Secret]) -> None:
-        self._urls, self._engines = urls, {}  # type: dict[str, Secret], dict[str, Engine]
+    def __init__(self, connections: dict[str, ConnectionSettings]) -> None:
+        self.connections, self._engines = connections, {}  # type: dict[str, ConnectionSettings], dict[str, Engine]
 
     def get(self, name: str) -> Engine:
         if name not in self._engines:
-            if name not in self._urls:
+            if name not in self.connections:
                 raise KeyError(name)
-            self._engines[name] = source_engine(self._urls[name].reveal())
+            self._engines[name] = source_engine(self.connections[name].url.reveal())
         return self._engines[name]
 
     def close(self) -> None:
@@ -313,7 +313,9 @@ def read_only(conn: Connection, timeout: float) -> None:
             conn.exec_driver_sql(f"SET SESSION max_statement_time = {max(timeout, 0.001):.3f}")
         else:
             conn.exec_driver_sql(f"SET SESSION max_execution_time = {ms}")
-        conn.exec_driver_sql("SET SESSION TRANSACTION READ ONLY")
+        # the next transaction only (the one the query begins): a session setting would stay on the pooled
+        # connection and refuse the writes of whoever takes it next (a warehouse snapshot's, say)
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 

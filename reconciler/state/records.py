@@ -24,6 +24,16 @@ class CohortRecord:
     unconfirmed: int = 0  # uids of batches whose answer never came
     unconfirmed_since: float | None = None  # when the oldest of those batches was sent
     refused: int = 0  # uids MoEngage refused (or that can never be valid), held back: refused.py
+    snapshot: str | None = None  # where its members are kept: a warehouse snapshot (CONNECTION/SCHEMA/TABLE), else here
+    snapshot_gen: int | None = None  # that snapshot's generation as this state last wrote or saw it
+    snapshot_sum: int | None = None  # and the checksum of its rows then
+
+    @property
+    def mark(self) -> "SnapshotMark | None":
+        """What this state knows of its warehouse snapshot: None when its members are kept here."""
+        if self.snapshot is None:
+            return None
+        return SnapshotMark(int(self.snapshot_gen or 0), self.synced_count, int(self.snapshot_sum or 0))
 
     @property
     def workspace(self) -> str:
@@ -39,6 +49,19 @@ class CohortRecord:
         matches them and a plan need read nothing."""
         return bool(self.converged and source_digest and self.spec_digest == spec_digest
                     and self.source_digest == source_digest)
+
+
+@dataclass(frozen=True)
+class SnapshotMark:
+    """A warehouse snapshot as a state knows it: generation, rows and the sum of their hashes."""
+
+    generation: int
+    count: int
+    checksum: int
+
+    def moved(self, count: int, checksum: int) -> "SnapshotMark":
+        """The mark after one more write that changed the rows by (count, checksum)."""
+        return SnapshotMark(self.generation + 1, self.count + count, self.checksum + checksum)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ sort in code-point order on every backend (a binary collation), as the merge dif
 """
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from reconciler.common.errors import StateError
 from reconciler.state.keys import KEY_LENGTH
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = sa.MetaData()
 _uid = sa.String(512).with_variant(sa.String(512, collation="C"), "postgresql")
@@ -33,6 +34,10 @@ cohorts = sa.Table(
     sa.Column("last_success_at", sa.Float),
     sa.Column("last_status", sa.String(32)),
     sa.Column("last_error", sa.Text),
+    # where the members are kept when not in cs_members: a warehouse snapshot (snapshots/), null here
+    sa.Column("snapshot", sa.String(512)),  # "CONNECTION/SCHEMA/TABLE"
+    sa.Column("snapshot_gen", sa.BigInteger),  # the snapshot's generation this state has seen written
+    sa.Column("snapshot_sum", sa.BigInteger),  # the checksum of its rows then (with synced_count, the row count)
 )
 members = sa.Table(
     "cs_members", metadata,
@@ -159,6 +164,8 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
         _add_column("cs_leases", "wanted", "TEXT"), _widen("cs_leases", "name", LEASE_NAME_LENGTH)],
     5: [],  # the cs_refused table (made by create_all): refused uids, kept and not re-sent
     7: [],  # the cs_triggers table (made by create_all): what each POST /reconcile asked for and how it ended
+    8: [_add_column("cs_cohorts", "snapshot", "VARCHAR(512)"), _add_column("cs_cohorts", "snapshot_gen", "BIGINT"),
+        _add_column("cs_cohorts", "snapshot_sum", "BIGINT")],  # members kept in a warehouse snapshot
 }
 
 
@@ -176,8 +183,16 @@ def migrate(conn: sa.Connection) -> None:
     if version == 0:
         conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
         conn.execute(meta.insert().values(key="state_version", value="0"))
+    if conn.execute(sa.select(meta.c.value).where(meta.c.key == "state_id")).first() is None:
+        # who owns a warehouse snapshot: two state databases must never write the same one
+        conn.execute(meta.insert().values(key="state_id", value=uuid.uuid4().hex))
     elif version < SCHEMA_VERSION:
         conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+
+
+def read_state_id(conn: sa.Connection) -> str:
+    """This state database's own id (cs_meta), which its warehouse snapshots are written under."""
+    return str(conn.execute(sa.select(meta.c.value).where(meta.c.key == "state_id")).scalar_one())
 
 
 def read_version(conn: sa.Connection, key: str) -> int:

@@ -29,9 +29,9 @@ from reconciler.state.database import Database, decode, encode, make_engine
 from reconciler.state.fencing import Fence
 from reconciler.state.keys import in_workspace, of_cohort, sync_key
 from reconciler.state.refused import Refusals
-from reconciler.state.records import ChangeNote, Cohort, CohortRecord, PendingBatch, RunRecord, Ending
-from reconciler.state.schema import (batches, bump_state_version, cohorts, leases, members, migrate, read_version,
-                                     refused, runs)
+from reconciler.state.records import ChangeNote, Cohort, CohortRecord, Ending, PendingBatch, RunRecord, SnapshotMark
+from reconciler.state.schema import (batches, bump_state_version, cohorts, leases, members, migrate, read_state_id,
+                                     read_version, refused, runs)
 
 READ_ROWS = 20_000  # members fetched per round trip
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # DBAPI paramstyle -> positional mark
@@ -70,6 +70,11 @@ class StateStore(Database):
     def schema_version(self) -> int:
         with self.connection() as conn:
             return read_version(conn, "schema_version")
+
+    def state_id(self) -> str:
+        """This state database's own id: the owner its warehouse snapshots are written under."""
+        with self.connection() as conn:
+            return read_state_id(conn)
 
     def state_version(self) -> int:
         """Grows with every change to the members: a saved plan is stale once it moved."""
@@ -195,7 +200,8 @@ class StateStore(Database):
 
     def settle_batch(self, batch_id: int, cohort_id: str, action: Action, uids: list[str], *,
                      remaining: list[str] | None = None, write_members: bool = True,
-                     note: ChangeNote | None = None, fence: Fence | None = None, clear_refused: bool = False) -> None:
+                     note: ChangeNote | None = None, fence: Fence | None = None, clear_refused: bool = False,
+                     snapshot: SnapshotMark | None = None) -> None:
         """A 200 for `uids` (the whole batch, or one part of a split one): members, the pending
         record and the changelog (with `note`) change together, in one transaction; with a
         `fence`, only while the cohort's lease is still this writer's.
@@ -203,6 +209,8 @@ class StateStore(Database):
         `write_members` is False for a re-sent batch whose uids the members table already has
         right (a re-add of a member, a re-remove of a non-member): only the pending record goes.
         With `clear_refused` (`apply --retry-refused`), refusals of the accepted uids are dropped.
+        A cohort whose members are kept in a warehouse snapshot had them written there first
+        (snapshots/): `snapshot` is the mark that write left, recorded here instead of member rows.
         """
         with self.transaction() as conn:
             fencing.check(conn, leases, fence)
@@ -210,7 +218,9 @@ class StateStore(Database):
                 refusing.clear(conn, cohort_id, uids)
             if note is not None and uids:
                 changes.append(conn, cohort_id, action, uids, note)
-            if write_members and uids:
+            if snapshot is not None:
+                self._mark(conn, cohort_id, snapshot)
+            elif write_members and uids:
                 self._write_members(conn, action, [(cohort_id, u) for u in uids])
                 conn.execute(cohorts.update().where(cohorts.c.id == cohort_id).values(
                     synced_count=cohorts.c.synced_count + Action(action).delta(len(uids)), last_run_at=time.time()))
@@ -221,6 +231,47 @@ class StateStore(Database):
             else:
                 conn.execute(batches.delete().where(batches.c.id == batch_id))
             bump_state_version(conn)
+
+    def _mark(self, conn: sa.Connection, cohort_id: str, mark: SnapshotMark) -> None:
+        conn.execute(cohorts.update().where(cohorts.c.id == cohort_id).values(
+            synced_count=mark.count, snapshot_gen=mark.generation, snapshot_sum=mark.checksum, last_run_at=time.time()))
+
+    def adopt_snapshot(self, cohort_id: str, mark: SnapshotMark, action: Action, uids: list[str],
+                       note: ChangeNote | None = None, fence: Fence | None = None) -> None:
+        """The snapshot was written once more than this state saw (the writer died, or lost its lease,
+        between the two commits): take its mark, and log that write's uids (with `note`) as the settle
+        would have; they are still pending here, and the next plan re-sends them."""
+        with self.transaction() as conn:
+            fencing.check(conn, leases, fence)
+            if note is not None and uids:
+                changes.append(conn, cohort_id, action, uids, note)
+            self._mark(conn, cohort_id, mark)
+            bump_state_version(conn)
+
+    def keep_members_in(self, cohort: Cohort, location: str, mark: SnapshotMark, fence: Fence | None = None) -> None:
+        """The cohort's members were copied into a warehouse snapshot and checked: keep them only there."""
+        with self.transaction() as conn:
+            fencing.check(conn, leases, fence)
+            self._ensure_cohort(conn, cohort)
+            conn.execute(members.delete().where(members.c.cohort_id == cohort.key))
+            conn.execute(cohorts.update().where(cohorts.c.id == cohort.key).values(snapshot=location))
+            self._mark(conn, cohort.key, mark)
+            bump_state_version(conn)
+
+    def keep_members_here(self, cohort: Cohort, chunks: Iterable[list[str]], fence: Fence | None = None) -> int:
+        """The cohort's members, read back from its warehouse snapshot, kept here again (one transaction)."""
+        count = 0
+        with self.transaction() as conn:
+            fencing.check(conn, leases, fence)
+            self._ensure_cohort(conn, cohort)
+            conn.execute(members.delete().where(members.c.cohort_id == cohort.key))
+            for chunk in chunks:
+                self._write_members(conn, Action.ADD, [(cohort.key, u) for u in chunk])
+                count += len(chunk)
+            conn.execute(cohorts.update().where(cohorts.c.id == cohort.key).values(
+                snapshot=None, snapshot_gen=None, snapshot_sum=None, synced_count=count))
+            bump_state_version(conn)
+        return count
 
     def refuse_batch(self, batch_id: int, fence: Fence | None = None) -> None:
         """A definite refusal (400, 401, 403, 413, 415, 429): MoEngage did not apply the batch.

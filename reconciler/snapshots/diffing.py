@@ -1,0 +1,192 @@
+"""The diff inside the warehouse: the cohort's query joined with its snapshot, only the changes come back.
+
+The query is run as written, inside `SELECT ... FROM (<query>) AS cs_q`, so anything the
+warehouse runs as a subquery works; its first column is the uid. The warehouse compares the
+uid cast to text with the snapshot's rows (a FULL OUTER JOIN where the dialect has one, else
+two anti-joins, MariaDB and MySQL) and sends back the rows on one side only: candidate adds with
+the value as the query returned it, candidate removes with their row's hash.
+
+A candidate add is then normalised here by the same rule as every source (sources/reading.py:
+stripped, numbers as their decimal text, empty ones skipped). Almost always the warehouse's text
+is already that uid, and it is an add. When it is not (a padded value, `42.0`), the uid it
+stands for is looked up in the snapshot: a member is neither added nor removed, anything else
+is an add. So the two paths agree uid for uid, and a query whose rows need no normalising sends
+back exactly the changes. Both sides come out sorted and unique, as the planner's spills expect.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import sqlalchemy as sa
+
+from reconciler.common.errors import SnapshotError, SourceError
+from reconciler.snapshots.snapshot import Snapshot
+from reconciler.snapshots.tables import uid_hash
+from reconciler.sources.ordering import external_sort, rechunk
+from reconciler.sources.reading import check_uid, normalize
+
+log = logging.getLogger(__name__)
+PLACEHOLDER = "cohortsync_desired_query"  # where the query goes, once the statement around it is compiled
+FETCH = 20_000  # rows per round trip
+_TRAILING = re.compile(r"(?:\s|;|^[ \t]*--[^\n]*$|;[ \t]*--[^\n'\"]*$)+\Z", re.MULTILINE)  # ; and comments at the end
+
+
+def full_join(dialect: sa.engine.Dialect) -> bool:
+    """Whether the dialect runs FULL OUTER JOIN (not MariaDB nor MySQL; SQLite from 3.39)."""
+    if dialect.name in ("mysql", "mariadb"):
+        return False
+    return dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 39)
+
+
+class Spool:
+    """Uids written as they come, read back sorted and unique (external_sort: memory stays flat)."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-wh-")
+        self.count = 0
+
+    def add(self, uids: list[str]) -> None:
+        if uids:
+            self._file.write(("\n".join(uids) + "\n").encode("utf-8"))
+            self.count += len(uids)
+
+    def sorted(self) -> Iterator[list[str]]:
+        self._file.flush()
+        self._file.seek(0)
+        lines = (line[:-1].decode("utf-8") for line in self._file)
+        return external_sort(rechunk(lines))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Changes:
+    """What a warehouse diff found: adds and removes, and how many rows left the warehouse."""
+
+    adds: Spool = field(default_factory=Spool)
+    removes: Spool = field(default_factory=Spool)
+    stand_ins: set[str] = field(default_factory=set)  # uids of rows whose text was not yet the uid (normalised here)
+    members_among: set[str] = field(default_factory=set)  # those of them the snapshot holds: desired members,
+    rows: int = 0                                         # never removed; the others are adds
+
+    def added(self) -> Iterator[list[str]]:
+        return self.adds.sorted()
+
+    def removed(self) -> Iterator[list[str]]:
+        for chunk in self.removes.sorted():
+            kept = [u for u in chunk if u not in self.stand_ins]
+            if kept:
+                yield kept
+
+    def close(self) -> None:
+        self.adds.close()
+        self.removes.close()
+
+
+class WarehouseDiff:
+    """One cohort's diff against its snapshot, on a connection that `Snapshot.reading` opened."""
+
+    def __init__(self, snapshot: Snapshot, cohort_id: str, sql: str) -> None:
+        self.snapshot, self.cohort_id = snapshot, cohort_id
+        self.sql = _TRAILING.sub("", sql)
+
+    def run(self, conn: sa.Connection, against_table: bool) -> Changes:
+        """The changes; `against_table` False: the cohort has no snapshot yet, every desired uid is an add."""
+        changes = Changes()
+        try:
+            first = self._first_column(conn)
+            desired = self._desired(conn, first)
+            table = self.snapshot.table.alias("cs_s")
+            if not against_table:
+                self._collect(conn, sa.select(desired.c.raw, desired.c.uid), changes)
+            elif full_join(conn.dialect):
+                joined = desired.join(table, desired.c.uid == table.c.uid, full=True)
+                self._collect(conn, sa.select(desired.c.raw, desired.c.uid, table.c.uid, table.c.h)
+                              .select_from(joined).where(sa.or_(desired.c.uid.is_(None), table.c.uid.is_(None))), changes)
+            else:
+                self._collect(conn, sa.select(desired.c.raw, desired.c.uid).select_from(
+                    desired.outerjoin(table, desired.c.uid == table.c.uid)).where(table.c.uid.is_(None)), changes)
+                self._collect(conn, sa.select(sa.null(), sa.null(), table.c.uid, table.c.h).select_from(
+                    table.outerjoin(desired, desired.c.uid == table.c.uid)).where(desired.c.uid.is_(None)), changes)
+            if changes.stand_ins and against_table:
+                changes.members_among = self._members_among(conn, sorted(changes.stand_ins))
+            changes.adds.add(sorted(changes.stand_ins - changes.members_among))
+        except BaseException:
+            changes.close()
+            raise
+        log.debug("cohort %s: diffed in the warehouse: %d rows came back (%d adds, %d removes before normalising)",
+                  self.cohort_id, changes.rows, changes.adds.count, changes.removes.count)
+        return changes
+
+    def _first_column(self, conn: sa.Connection) -> str:
+        """The name of the query's first column, from a run that returns no row."""
+        probe = sa.select(sa.literal_column("*")).select_from(sa.text(PLACEHOLDER).columns().subquery("cs_q")).limit(0)
+        result = self._execute(conn, probe)
+        try:
+            names = list(result.keys())
+        finally:
+            result.close()
+        if not names:
+            raise SourceError(self.cohort_id, "the query returns no columns: it must be a SELECT whose first column is the uid")
+        return names[0]
+
+    def _desired(self, conn: sa.Connection, first: str) -> sa.Subquery:
+        query = sa.text(PLACEHOLDER).columns(sa.column(first)).subquery("cs_q")
+        raw = query.c[first]
+        uid = sa.cast(raw, sa.String())
+        if conn.dialect.name in ("mysql", "mariadb"):
+            uid = uid.collate("utf8mb4_bin")  # compare byte by byte, as the snapshot's column does
+        return sa.select(raw.label("raw"), uid.label("uid")).where(raw.is_not(None)).subquery("cs_d")
+
+    def _execute(self, conn: sa.Connection, statement: Any) -> sa.CursorResult:
+        """The statement compiled for this dialect, the query put in its place as written, run as is."""
+        text = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        text = text.replace(PLACEHOLDER, f"\n{self.sql}\n", 1)
+        return conn.execution_options(stream_results=True, yield_per=FETCH, no_parameters=True).exec_driver_sql(text)
+
+    def _collect(self, conn: sa.Connection, statement: Any, changes: Changes) -> None:
+        result = self._execute(conn, statement)
+        for rows in result.partitions():
+            changes.rows += len(rows)
+            adds, removes = [], []
+            for row in rows:
+                if len(row) == 2 or row[2] is None:
+                    self._desired_row(row[0], row[1], adds, changes)
+                elif row[1] is None:
+                    removes.append(self._member_row(row[2], row[3]))
+            changes.adds.add(adds)
+            changes.removes.add(removes)
+
+    def _desired_row(self, raw: Any, text: str, adds: list[str], changes: Changes) -> None:
+        try:
+            uid = normalize(raw)
+        except UnicodeDecodeError:
+            raise SourceError(self.cohort_id, "a uid is bytes that are not UTF-8") from None
+        if uid is None:
+            return
+        problem = check_uid(uid)
+        if problem:
+            raise SourceError(self.cohort_id, f"a row of the query: {problem}")
+        if uid == text:
+            adds.append(uid)
+        else:
+            changes.stand_ins.add(uid)
+
+    def _member_row(self, uid: str, h: int) -> str:
+        if "\n" in uid or uid_hash(uid) != h:
+            raise SnapshotError(f"{self.snapshot.location.shown}: the row of {uid[:40]!r} does not carry its uid's "
+                                "hash: the table was edited by hand, so no diff is made against it")
+        return uid
+
+    def _members_among(self, conn: sa.Connection, uids: list[str]) -> set[str]:
+        table, found = self.snapshot.table, set()
+        for i in range(0, len(uids), 1000):
+            found.update(conn.execute(sa.select(table.c.uid).where(table.c.uid.in_(uids[i:i + 1000]))).scalars())
+        return found
