@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace(p)
     p.set_defaults(func="reconciler.cli.refusing:refused")
 
-    p = sub.add_parser("state", parents=[common], help="copy the state to another database, or check it")
+    p = sub.add_parser("state", parents=[common], help="copy the state to another database, check it, or move "
+                       "cohorts' members between it and warehouse snapshots")
     state = p.add_subparsers(dest="state_command", required=True, metavar="ACTION")
     q = state.add_parser("copy", parents=[nested], help="copy every table to another database and verify it")
     q.add_argument("--to", required=True, metavar="URL", help="the target database (a SQLAlchemy URL)")
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func="reconciler.cli.operating:state_copy")
     q = state.add_parser("check", parents=[nested], help="verify the state's invariants")
     q.set_defaults(func="reconciler.cli.operating:state_check")
+    q = state.add_parser("move", parents=[nested], help="move cohorts' members to where the config wants them "
+                         "(a warehouse snapshot, or the local state), checked; nothing is sent")
+    q.add_argument("--cohort", metavar="ID", action="append", default=[], help="only this cohort (repeatable)")
+    q.add_argument("--dry-run", action="store_true", help="say what would move, move nothing")
+    q.add_argument("--format", choices=("text", "json"), default="text")
+    _workspace(q)
+    q.set_defaults(func="reconciler.cli.moving:state_move")
 
     p = sub.add_parser("notify", parents=[common], help="alerts: send a test event to the notify targets")
     notify = p.add_subparsers(dest="notify_command", required=True, metavar="ACTION")

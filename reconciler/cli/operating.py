@@ -18,6 +18,9 @@ from reconciler.notify.events import sample_event
 from reconciler.notify.sending import DeliveryFailed, deliver, label
 from reconciler.settings.config import load_settings
 from reconciler.settings.model import DEFAULT_WORKSPACE
+from reconciler.snapshots.checking import check_snapshots
+from reconciler.snapshots.placement import Snapshots
+from reconciler.sources.reading import Engines
 from reconciler.state.checking import check_state
 from reconciler.state.copying import copy_state
 from reconciler.state.database import make_engine
@@ -73,14 +76,17 @@ def timeline(entries: list[ChangeEntry], resyncs: list[ChangeEntry], member_now:
 def members(args: argparse.Namespace) -> int:
     """When the uid entered and left each cohort, in which run, with which spec."""
     settings = load_settings(args.config)
-    state = StateStore.open(settings.state_url)
+    state, engines = StateStore.open(settings.state_url), Engines(settings.connections)
     try:
-        keys = [k for k in state.cohorts() if not args.cohort or split_key(k)[1] in args.cohort]
+        records = state.cohorts()
+        keys = [k for k in records if not args.cohort or split_key(k)[1] in args.cohort]
         entries = state.changelog.changes_of(args.uid, sorted(set(keys) | set(args.cohort)) if args.cohort else None)
         keys = sorted({e.cohort_id for e in entries} | set(keys))
-        member_now = {key: bool(state.present_among(key, [args.uid])) for key in keys}
+        snapshots = Snapshots(state, engines, settings.statement_timeout)  # members may be kept in a warehouse
+        member_now = {key: bool(snapshots.members(records.get(key), key).present_among([args.uid])) for key in keys}
         rows = [_row(e) for e in timeline(entries, state.changelog.resyncs(keys), member_now)]
     finally:
+        engines.close()
         state.close()
     logged = {e.cohort_id for e in entries}
     now = {key: yes for key, yes in member_now.items() if yes or key in logged}  # `workspace:id` outside default
@@ -155,12 +161,19 @@ def state_check(args: argparse.Namespace) -> int:
     """The state's invariants; exit 1 with each broken one named."""
     settings = load_settings(args.config)
     state = StateStore(make_engine(settings.state_url))  # not migrated: the check reports the version as found
+    engines = Engines(settings.connections)
+    notes: list[str] = []
     try:
         problems = check_state(state)
+        if not problems:  # the warehouse snapshots: each against the mark the state keeps of it
+            found = check_snapshots(Snapshots(state, engines, settings.statement_timeout))
+            notes = [p for p in found if p.endswith("not a fault")]
+            problems = [p for p in found if p not in notes]
     finally:
+        engines.close()
         state.close()
-    for problem in problems:
-        print(problem)
+    for line in problems + notes:
+        print(line)
     print(f"{len(problems)} problem(s) found." if problems else "The state is consistent.")
     return EXIT_FAILED if problems else EXIT_OK
 

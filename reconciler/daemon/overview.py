@@ -103,7 +103,8 @@ def rate_json(limit: RateLimit, in_use: int) -> dict[str, Any]:
 def new_base(cohort_id: str, spec: CohortSpec | None) -> dict[str, Any]:
     """The fields of render.status_rows for a cohort the state has never seen."""
     return {"id": cohort_id, "name": spec.name if spec else "", "synced": 0, "converged": False, "last_status": None,
-            "last_run": "never", "last_success": "never", "last_error": None, "refused": 0}
+            "last_run": "never", "last_success": "never", "last_error": None, "refused": 0,
+            "diff": "local", "snapshot": None}
 
 
 def cohort_row(base: dict[str, Any], record: CohortRecord | None, live: Live, broken: dict[str, tuple[str, str]],

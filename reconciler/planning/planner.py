@@ -157,7 +157,7 @@ class Planner:
             known = record.mark if kept and record is not None else None
             trust = snapshot.trusted(conn, known, lambda: set(self.state.unconfirmed_uids(plan.key)))
             changes = WarehouseDiff(snapshot, spec.id, spec.source.sql).run(conn, against_table=kept)
-        mark = trust.mark
+        mark, plan.warehouse_rows = trust.mark, changes.rows
         try:
             if kept:
                 prepared.keeping = Keeping(snapshot, mark, trust.unrecorded)

@@ -53,6 +53,7 @@ class CohortPlan:
     reads: list[str] = field(default_factory=list)  # the dbt models the source reads (unique ids)
     diff: str = "local"  # how it was diffed: "warehouse" (in the warehouse, against its snapshot) or "local"
     moves: str | None = None  # where apply moves its members first: "warehouse" or "local" (none: they stay)
+    warehouse_rows: int | None = None  # rows a warehouse diff sent back (the changes, about): None for other diffs
 
     @property
     def key(self) -> str:
@@ -81,6 +82,7 @@ class CohortPlan:
             **({"refused": self.refused, "sample_refused": self.sample_refused} if self.refused else {}),
             **({"reads": self.reads} if self.reads else {}),  # only for a dbt_model source, likewise
             **({"moves": self.moves} if self.moves else {}),  # only while its members are to move
+            **({"warehouse_rows": self.warehouse_rows} if self.warehouse_rows is not None else {}),
         }
 
 

@@ -37,6 +37,8 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
             lines.append(f"    {p.reason}")
         if p.reads:
             lines.append(f"    reads dbt {', '.join(p.reads)}")
+        if p.diff == "warehouse" or p.moves:
+            lines.append(f"    {_diffed(p)}")
         if p.unconfirmed:
             lines.append(f"    {_unconfirmed(p.unconfirmed, p.unconfirmed_since)}")
         if p.refused:
@@ -61,6 +63,16 @@ def plan_text(plans: Sequence[CohortPlan]) -> str:
 def _counts(p: CohortPlan) -> str:
     desired = "?" if p.desired is None else f"{p.desired:,}"
     return f"desired {desired}, synced {p.synced:,}, +{p.adds:,} -{p.removes:,}, {p.requests:,} requests"
+
+
+def _diffed(p: CohortPlan) -> str:
+    """How the diff ran, said only where it is not the usual way (here, against the local state)."""
+    how = "diffed in the warehouse, against its snapshot" if p.diff == "warehouse" else "diffed here"
+    if p.moves == "warehouse":
+        return f"{how}; apply first moves its members into a warehouse snapshot (nothing re-sent)"
+    if p.moves == "local":
+        return f"{how}; apply first moves its members out of the warehouse snapshot, into the state (nothing re-sent)"
+    return how
 
 
 def _unconfirmed(count: int, since: float | None) -> str:
@@ -91,6 +103,8 @@ def plan_markdown(plans: Sequence[CohortPlan], limit: int = GITHUB_COMMENT_LIMIT
                 _unconfirmed(p.unconfirmed, p.unconfirmed_since)
         if p.reads:
             note = "; ".join(n for n in (note, "reads " + ", ".join(f"`{m}`" for m in p.reads)) if n)
+        if p.diff == "warehouse" or p.moves:
+            note = "; ".join(n for n in (note, _diffed(p)) if n)
         if p.refused:
             note = f"{note}; {_refused(p.refused, p.sample_refused)}" if note else _refused(p.refused, p.sample_refused)
         note = _md_cell(note)
@@ -151,7 +165,7 @@ def status_rows(records: dict[str, CohortRecord]) -> list[dict[str, Any]]:
              "last_status": r.last_status, "last_run": _when(r.last_run_at), "last_success": _when(r.last_success_at),
              "last_error": r.last_error, "unconfirmed": r.unconfirmed,
              "unconfirmed_since": _when(r.unconfirmed_since) if r.unconfirmed_since else None,
-             "refused": r.refused}
+             "refused": r.refused, "diff": "warehouse" if r.snapshot else "local", "snapshot": r.snapshot}
             for r in records.values()]
 
 
@@ -173,6 +187,8 @@ def status_text(records: dict[str, CohortRecord], holders: dict[str, str] | None
         if r["refused"]:
             out.append(f"{'':<{width}}  {r['refused']:,} uids refused, not sent: `cohortsync refused --cohort "
                        f"{r['cohort']}` lists them")
+        if r["snapshot"]:
+            out.append(f"{'':<{width}}  members kept in the warehouse snapshot {r['snapshot']}: diffed in the warehouse")
     return "\n".join(out)
 
 

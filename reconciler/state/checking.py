@@ -4,7 +4,8 @@ A pending batch may outlive any number of runs (its uids are unconfirmed until a
 them), so age is no fault. What must hold: the schema is the one this cohortsync writes; a uid
 is pending in at most one batch of its cohort (the plan's re-send rests on it); each pending
 batch's and changelog entry's count is its number of uids; each cohort's `synced_count` is its
-number of member rows; no members belong to a cohort without a record, nor do refused uids.
+number of member rows (or, for members kept in a warehouse snapshot, none are here); no members
+belong to a cohort without a record, nor do refused uids.
 """
 from __future__ import annotations
 
@@ -36,11 +37,16 @@ def check_state(store: StateStore) -> list[str]:
 
 
 def _counts(store: StateStore) -> list[str]:
+    """Member rows against synced_count; a cohort whose members are kept in a warehouse snapshot has none
+    here (its snapshot is checked against its mark by snapshots/checking.py)."""
     with store.engine.connect() as conn:
-        recorded = dict(conn.execute(sa.select(cohorts.c.id, cohorts.c.synced_count)).all())
+        recorded = {cid: (n, where) for cid, n, where in conn.execute(
+            sa.select(cohorts.c.id, cohorts.c.synced_count, cohorts.c.snapshot))}
         rows = dict(conn.execute(sa.select(members.c.cohort_id, sa.func.count()).group_by(members.c.cohort_id)).all())
     problems = [f"cohort {cid}: synced_count {n:,} but {rows.get(cid, 0):,} member rows"
-                for cid, n in sorted(recorded.items()) if n != rows.get(cid, 0)]
+                for cid, (n, where) in sorted(recorded.items()) if where is None and n != rows.get(cid, 0)]
+    problems += [f"cohort {cid}: its members are kept in the warehouse snapshot {where}, yet {rows[cid]:,} member "
+                 "rows are here" for cid, (n, where) in sorted(recorded.items()) if where is not None and rows.get(cid)]
     problems += [f"{n:,} member rows of {cid}, which has no cohort record" for cid, n in sorted(rows.items())
                  if cid not in recorded]
     return problems

@@ -118,6 +118,7 @@
       lastSuccess: epoch(r.last_success_at ?? r.last_success), lastRun: epoch(r.last_run_at ?? r.last_run),
       nextRun: r.next_run_at ?? (typeof r.next_run_in === "number" ? now() + r.next_run_in : null),
       file: r.file || null, activity: activityOf(String(r.id), s),
+      diff: r.diff === "warehouse" ? "warehouse" : "local", snapshot: r.snapshot || null,  // where it is diffed
     };
   }
   const rowsOf = (s) => [...(s.cohorts || []), ...(s.new_cohorts || [])].map((r) => rowOf(r, s));
@@ -216,7 +217,9 @@
       cell: (r) => [h("a", { class: "cid", href: `/cohorts/${encodeURIComponent(r.id)}` }, r.id),
         h("div", { class: "cname" }, r.name)] },
     { key: "workspace", label: "Workspace", sort: (r) => r.workspace, cell: (r) => r.workspace },
-    { key: "mode", label: "Mode", sort: (r) => r.mode, cell: (r) => r.mode || "—" },
+    { key: "mode", label: "Mode", sort: (r) => r.mode, cell: (r) => [r.mode || "—", r.diff === "warehouse"
+      ? h("span", { class: "tag", "data-diff": "warehouse", title: `diffed in the warehouse against its snapshot ${r.snapshot || ""}` },
+        "warehouse") : null] },
     { key: "status", label: "Status", sort: (r) => rank(r.status), cell: (r) => badge(r.status, r.activity) },
     { key: "synced", label: "Synced", num: true, sort: (r) => r.synced, cell: (r) => fmt(r.synced) },
     { key: "unconfirmed", label: "Unconfirmed", num: true, sort: (r) => r.unconfirmed.n,
@@ -324,6 +327,7 @@
       fact("Refused", fmt(r.refused)),
       fact("Workspace", r.workspace),
       fact("Mode", r.mode || "—"),
+      fact("Diff", r.diff === "warehouse" ? `in the warehouse, against ${r.snapshot || "its snapshot"}` : "here, against the state"),
       fact("Last change", changeCell(r.change)),
       fact("Last success", when(r.lastSuccess)),
       fact("Last run", when(r.lastRun)),
