@@ -384,7 +384,7 @@ def test_a_missing_schema_is_created_or_reported_with_its_grant(repo, emulator, 
         conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
         conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {name} TO {role}")
         conn.exec_driver_sql(f"GRANT SELECT ON {name}.users TO {role}")
-        conn.exec_driver_sql(f"REVOKE CREATE ON DATABASE test FROM PUBLIC")
+        conn.exec_driver_sql("REVOKE CREATE ON DATABASE test FROM PUBLIC")
     url = sa.engine.make_url(postgres_url()).set(username=role).render_as_string(hide_password=False)
     try:
         connect(repo, Warehouse(url, f"{name}_snap", admin))
@@ -401,7 +401,7 @@ def test_a_missing_schema_is_created_or_reported_with_its_grant(repo, emulator, 
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name}_snap CASCADE")
-            conn.exec_driver_sql(f"GRANT CREATE ON DATABASE test TO PUBLIC")
+            conn.exec_driver_sql("GRANT CREATE ON DATABASE test TO PUBLIC")
             conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
         admin.dispose()
 
