@@ -19,6 +19,7 @@ import logging
 import re
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -28,12 +29,13 @@ import sqlalchemy as sa
 from reconciler.common.errors import SnapshotError, SourceError
 from reconciler.snapshots.snapshot import Snapshot
 from reconciler.snapshots.tables import uid_hash
+from reconciler.sources.cursors import streaming_cursor
 from reconciler.sources.ordering import external_sort, rechunk
 from reconciler.sources.reading import check_uid, normalize
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "cohortsync_desired_query"  # where the query goes, once the statement around it is compiled
-FETCH = 20_000  # rows per round trip
+FETCH = 5000  # rows per round trip
 _TRAILING = re.compile(r"(?:\s|;|^[ \t]*--[^\n]*$|;[ \t]*--[^\n'\"]*$)+\Z", re.MULTILINE)  # ; and comments at the end
 
 
@@ -128,11 +130,12 @@ class WarehouseDiff:
     def _first_column(self, conn: sa.Connection) -> str:
         """The name of the query's first column, from a run that returns no row."""
         probe = sa.select(sa.literal_column("*")).select_from(sa.text(PLACEHOLDER).columns().subquery("cs_q")).limit(0)
-        result = self._execute(conn, probe)
+        cursor = self._execute(conn, probe)
         try:
-            names = list(result.keys())
+            names = [column[0] for column in cursor.description or ()]
+            cursor.fetchall()
         finally:
-            result.close()
+            cursor.close()
         if not names:
             raise SourceError(self.cohort_id, "the query returns no columns: it must be a SELECT whose first column is the uid")
         return names[0]
@@ -145,24 +148,40 @@ class WarehouseDiff:
             uid = uid.collate("utf8mb4_bin")  # compare byte by byte, as the snapshot's column does
         return sa.select(raw.label("raw"), uid.label("uid")).where(raw.is_not(None)).subquery("cs_d")
 
-    def _execute(self, conn: sa.Connection, statement: Any) -> sa.CursorResult:
-        """The statement compiled for this dialect, the query put in its place as written, run as is."""
+    def _execute(self, conn: sa.Connection, statement: Any) -> Any:
+        """The statement compiled for this dialect, the query put in its place as written, run as is on the
+        driver's own cursor (server-side where the driver has one: the rows stream, FETCH at a time)."""
         text = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
         text = text.replace(PLACEHOLDER, f"\n{self.sql}\n", 1)
-        return conn.execution_options(stream_results=True, yield_per=FETCH, no_parameters=True).exec_driver_sql(text)
+        cursor = streaming_cursor(conn.connection.driver_connection, conn.dialect.name, f"cs_diff_{uuid.uuid4().hex[:8]}")
+        try:
+            cursor.execute(text)
+        except BaseException:
+            cursor.close()
+            raise
+        return cursor
 
     def _collect(self, conn: sa.Connection, statement: Any, changes: Changes) -> None:
-        result = self._execute(conn, statement)
-        for rows in result.partitions():
-            changes.rows += len(rows)
-            adds, removes = [], []
-            for row in rows:
-                if len(row) == 2 or row[2] is None:
-                    self._desired_row(row[0], row[1], adds, changes)
-                elif row[1] is None:
-                    removes.append(self._member_row(row[2], row[3]))
-            changes.adds.add(adds)
-            changes.removes.add(removes)
+        cursor = self._execute(conn, statement)
+        try:
+            while rows := cursor.fetchmany(FETCH):
+                self._take(rows, changes)
+        finally:
+            cursor.close()
+
+    def _take(self, rows: list[Any], changes: Changes) -> None:
+        """One fetch's rows: (raw, text) of the query alone, (raw, text, None, None) for a desired uid not
+        in the snapshot, (None, None, uid, h) for a member not desired."""
+        changes.rows += len(rows)
+        adds: list[str] = []
+        removes: list[str] = []
+        for row in rows:
+            if len(row) == 2 or row[2] is None:
+                self._desired_row(row[0], row[1], adds, changes)
+            elif row[1] is None:
+                removes.append(self._member_row(row[2], row[3]))
+        changes.adds.add(adds)
+        changes.removes.add(removes)
 
     def _desired_row(self, raw: Any, text: str, adds: list[str], changes: Changes) -> None:
         try:

@@ -212,11 +212,12 @@ class Snapshot:
             self._owned(conn)
             conn.execute(self.marks.delete().where(self.marks.c.key == self.key))
             conn.execute(self.table.delete())
+            insert = self._copier(conn) or self._inserter(conn)
             for chunk in chunks:
-                rows = [{"uid": u, "h": uid_hash(u)} for u in chunk]
-                for i in range(0, len(rows), LOAD_ROWS):
-                    conn.execute(self.table.insert(), rows[i:i + LOAD_ROWS])
-                count, total = count + len(rows), total + sum(r["h"] for r in rows)
+                hashes = list(map(uid_hash, chunk))
+                for i in range(0, len(chunk), LOAD_ROWS):
+                    insert(chunk[i:i + LOAD_ROWS], hashes[i:i + LOAD_ROWS])
+                count, total = count + len(chunk), total + sum(hashes)
             mark = SnapshotMark(1, count, total)
             conn.execute(self.marks.insert().values(
                 key=self.key, table_name=self.location.table, state_id=self.state_id, generation=1,
@@ -225,7 +226,30 @@ class Snapshot:
             if self.measure(conn) != (count, total):
                 raise SnapshotError(f"{self.location.shown}: {count:,} members loaded but the table does not count "
                                     "and sum up to them")
+        if self.dialect == "postgresql":  # statistics for the planner now, not when autovacuum gets to it
+            with self._errors("analyze"), self.engine.begin() as conn:
+                conn.exec_driver_sql(f"ANALYZE {self.location.schema}.{self.location.table}")
         return mark
+
+    def _inserter(self, conn: sa.Connection) -> Callable[[list[str], list[int]], None]:
+        def insert(uids: list[str], hashes: list[int]) -> None:
+            conn.execute(self.table.insert(), [{"uid": u, "h": h} for u, h in zip(uids, hashes)])
+        return insert
+
+    def _copier(self, conn: sa.Connection) -> Callable[[list[str], list[int]], None] | None:
+        """COPY on PostgreSQL through psycopg (several times faster than inserts), in the same transaction."""
+        if self.dialect != "postgresql" or conn.dialect.driver != "psycopg":
+            return None
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        statement = f"COPY {self.location.schema}.{self.location.table} (uid, h) FROM STDIN"
+
+        def copy(uids: list[str], hashes: list[int]) -> None:
+            text = "".join(f"{u}\t{h}\n" for u, h in zip(uids, hashes))
+            if "\\" in text:  # COPY's text format escapes backslashes (uids hold no tab or newline: sources check)
+                text = text.replace("\\", "\\\\")
+            with cursor.copy(statement) as writer:
+                writer.write(text)
+        return copy
 
     def prepare(self) -> None:
         """The schema, the marks table and this cohort's table, made where missing (DDL, outside any write)."""

@@ -272,9 +272,11 @@ class SqlSource:
             with engine.connect() as conn:
                 read_only(conn, self.timeout)
                 cursor = streaming_cursor(conn.connection.driver_connection, conn.dialect.name, "cohortsync_source")
-                cursor.execute(self.sql)  # as written: the driver sees exactly the user's SQL
-                yield from self._rows(cursor)
-                cursor.close()
+                try:
+                    cursor.execute(self.sql)  # as written: the driver sees exactly the user's SQL
+                    yield from self._rows(cursor)
+                finally:  # also when the read is given up half-way: an unbuffered cursor is drained first
+                    cursor.close()
                 conn.rollback()
         except (SQLAlchemyError, driver_error) as exc:
             raise SourceError(self.cohort_id, f"query on {self.connection!r} failed: {short_message(exc)}") from exc
