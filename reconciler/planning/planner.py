@@ -26,7 +26,7 @@ from reconciler.planning.unconfirmed import Unconfirmed
 from reconciler.planning.plans import (CHANGED, ERROR, ORPHANED, SAMPLES, UNCHANGED, CohortPlan, guard_verdict,
                                        verdict)
 from reconciler.settings.model import DEFAULT_WORKSPACE, Settings
-from reconciler.snapshots.diffing import WarehouseDiff
+from reconciler.snapshots.diffing import checked_diff
 from reconciler.snapshots.placement import WAREHOUSE, Keeping, Members, Placement, SnapshotMembers, Snapshots
 from reconciler.sources.reading import Engines, FileSource, Source, open_source
 from reconciler.specs.cohorts import CohortSpec
@@ -153,10 +153,10 @@ class Planner:
         plan, kept = prepared.plan, placement.now is not None
         assert placement.wanted is not None and spec.source.sql is not None
         snapshot = self.snapshots.open(placement.wanted, plan.key)
-        with gc_paused(), snapshot.reading() as conn:
-            known = record.mark if kept and record is not None else None
-            trust = snapshot.trusted(conn, known, lambda: set(self.state.unconfirmed_uids(plan.key)))
-            changes = WarehouseDiff(snapshot, spec.id, spec.source.sql).run(conn, against_table=kept)
+        known = record.mark if kept and record is not None else None
+        with gc_paused():
+            trust, changes = checked_diff(snapshot, known, lambda: set(self.state.unconfirmed_uids(plan.key)),
+                                          spec.id, spec.source.sql)
         mark, plan.warehouse_rows = trust.mark, changes.rows
         try:
             if kept:

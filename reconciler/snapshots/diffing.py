@@ -20,18 +20,20 @@ import re
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import sqlalchemy as sa
 
-from reconciler.common.errors import SnapshotError, SourceError
-from reconciler.snapshots.snapshot import Snapshot
+from reconciler.common.errors import SnapshotError, SnapshotMoved, SourceError
+from reconciler.snapshots.snapshot import EMPTY, Snapshot, Trusted
 from reconciler.snapshots.tables import uid_hash
 from reconciler.sources.cursors import streaming_cursor
 from reconciler.sources.ordering import external_sort, rechunk
 from reconciler.sources.reading import check_uid, normalize
+from reconciler.state.records import SnapshotMark
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "cohortsync_desired_query"  # where the query goes, once the statement around it is compiled
@@ -90,6 +92,44 @@ class Changes:
     def close(self) -> None:
         self.adds.close()
         self.removes.close()
+
+
+def checked_diff(snapshot: Snapshot, known: SnapshotMark | None, pending: Callable[[], set[str]], cohort_id: str,
+                 sql: str) -> tuple[Trusted, Changes]:
+    """The diff, and the check of the snapshot it is made against (snapshot.py: `trusted`), at the same
+    time on two connections: the check's full scan costs no wall time beside the join.
+
+    Both read the mark: every write moves its generation, so the same generation on both sides
+    means both saw the same rows (an edit by hand that moves none is what the check finds). The
+    check's error, when there is one, is the one raised: it says more than the join's.
+    """
+    against = known is not None
+    with ThreadPoolExecutor(1, thread_name_prefix="snapshot-check") as pool:
+        checking = pool.submit(_check, snapshot, known, pending)
+        changes: Changes | None = None
+        try:
+            with snapshot.reading() as conn:
+                seen = snapshot.found(conn) if against else None
+                changes = WarehouseDiff(snapshot, cohort_id, sql).run(conn, against_table=against)
+        except Exception:
+            checking.result()  # its error first, when it has one
+            raise
+        try:
+            trust = checking.result()
+        except BaseException:
+            changes.close()
+            raise
+    if against and (seen is None or seen.mark.generation != trust.mark.generation):
+        changes.close()
+        raise SnapshotMoved(f"{snapshot.location.shown} was written while it was diffed: plan again")
+    return trust, changes
+
+
+def _check(snapshot: Snapshot, known: SnapshotMark | None, pending: Callable[[], set[str]]) -> Trusted:
+    if known is None:  # the state keeps no members there yet: nothing in it counts
+        return Trusted(EMPTY)
+    with snapshot.reading() as conn:
+        return snapshot.trusted(conn, known, pending)
 
 
 class WarehouseDiff:

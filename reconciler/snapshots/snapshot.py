@@ -226,9 +226,10 @@ class Snapshot:
             if self.measure(conn) != (count, total):
                 raise SnapshotError(f"{self.location.shown}: {count:,} members loaded but the table does not count "
                                     "and sum up to them")
-        if self.dialect == "postgresql":  # statistics for the planner now, not when autovacuum gets to it
-            with self._errors("analyze"), self.engine.begin() as conn:
-                conn.exec_driver_sql(f"ANALYZE {self.location.schema}.{self.location.table}")
+        if self.dialect == "postgresql":  # statistics and the visibility map now, not when autovacuum gets to it
+            with self._errors("vacuum"), self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    f"VACUUM (ANALYZE) {self.location.schema}.{self.location.table}")
         return mark
 
     def _inserter(self, conn: sa.Connection) -> Callable[[list[str], list[int]], None]:
