@@ -431,3 +431,26 @@ def test_snapshots_opened_by_the_api_agree(repo, emulator, warehouse, capsys):
     finally:
         engines.close()
         state.close()
+
+
+def test_the_daemon_diffs_in_the_warehouse_and_says_so(tmp_path, emulator, daemons, capsys):
+    """A daemon on a timer follows the warehouse table; /status and the page's document say where the members
+    are kept, and a file cohort beside it stays local."""
+    from tests.daemon_process import eventually
+    url = f"sqlite:///{tmp_path / 'wh.db'}"
+    wh = Warehouse(url, "main", sa.create_engine(url, poolclass=sa.pool.NullPool))
+    wh.table("users", UIDS[:5])
+    repo = Repo(tmp_path, base_url=emulator.url)
+    connect(repo, wh)
+    sql_cohort(repo, "buyers", "SELECT uid FROM users", schedule="1s")
+    repo.file_cohort("beta", ["b1"])
+    daemon = daemons(repo)
+    eventually(lambda: segment(emulator, "buyers") == set(UIDS[:5]))
+    wh.execute("INSERT INTO users (uid) VALUES ('late')")
+    eventually(lambda: segment(emulator, "buyers") == set(UIDS[:5]) | {"late"}, timeout=10)
+    rows = {r["id"]: r for r in daemon.get_json("/status")["cohorts"]}
+    assert rows["buyers"]["diff"] == "warehouse" and rows["buyers"]["snapshot"].startswith("wh/main/cs_snap_buyers_")
+    assert rows["beta"]["diff"] == "local"
+    assert daemon.get_json("/cohorts/buyers/status.json")["cohort"]["diff"] == "warehouse"
+    assert daemon.stop() == 0
+    wh.engine.dispose()

@@ -158,7 +158,7 @@ class WarehouseDiff:
                 self._collect(conn, sa.select(sa.null(), sa.null(), table.c.uid, table.c.h).select_from(
                     table.outerjoin(desired, desired.c.uid == table.c.uid)).where(desired.c.uid.is_(None)), changes)
             if changes.stand_ins and against_table:
-                changes.members_among = self._members_among(conn, sorted(changes.stand_ins))
+                changes.members_among = self.snapshot.present_among(sorted(changes.stand_ins), conn)
             changes.adds.add(sorted(changes.stand_ins - changes.members_among))
         except BaseException:
             changes.close()
@@ -243,9 +243,3 @@ class WarehouseDiff:
             raise SnapshotError(f"{self.snapshot.location.shown}: the row of {uid[:40]!r} does not carry its uid's "
                                 "hash: the table was edited by hand, so no diff is made against it")
         return uid
-
-    def _members_among(self, conn: sa.Connection, uids: list[str]) -> set[str]:
-        table, found = self.snapshot.table, set()
-        for i in range(0, len(uids), 1000):
-            found.update(conn.execute(sa.select(table.c.uid).where(table.c.uid.in_(uids[i:i + 1000]))).scalars())
-        return found

@@ -148,13 +148,15 @@ class Snapshot:
                            .select_from(self.table)).one()
         return int(row[0]), int(row[1])
 
-    def present_among(self, uids: list[str]) -> set[str]:
-        """Which of these uids the snapshot holds."""
+    def present_among(self, uids: list[str], conn: sa.Connection | None = None) -> set[str]:
+        """Which of these uids the snapshot holds (on `conn`, a reading's connection, when given)."""
+        if conn is None:
+            with self._errors("read"), self.engine.connect() as own:
+                return self.present_among(uids, own)
         found: set[str] = set()
-        with self._errors("read"), self.engine.connect() as conn:
-            for i in range(0, len(uids), IN_LIST):
-                found.update(conn.execute(sa.select(self.table.c.uid).where(
-                    self.table.c.uid.in_(uids[i:i + IN_LIST]))).scalars())
+        for i in range(0, len(uids), IN_LIST):
+            found.update(conn.execute(sa.select(self.table.c.uid).where(
+                self.table.c.uid.in_(uids[i:i + IN_LIST]))).scalars())
         return found
 
     def chunks(self, rows: int = 20_000) -> Iterator[list[str]]:
