@@ -98,7 +98,10 @@ def churned(n: int, churn: float, seed: int = 1) -> tuple[list[str], list[str]]:
     synced = sorted({uid(rng) for _ in range(int(n * 1.001))})[:n]
     k = int(n * churn / 2)
     gone = set(rng.sample(synced, k))
-    desired = sorted([u for u in synced if u not in gone] + [uid(rng, "v") for _ in range(k)])
+    arrived: set[str] = set()
+    while len(arrived) < k:  # at 100M, 500k draws from 10^11 meet a duplicate or so: drawn again
+        arrived.add(uid(rng, "v"))
+    desired = sorted([u for u in synced if u not in gone] + sorted(arrived))
     return synced, desired
 
 

@@ -87,6 +87,22 @@ def test_a_started_reconcile_keeps_its_fence_after_the_lease_is_lost(pg):
     assert pg.cohort("beta") is None or pg.cohort("beta").unconfirmed == 0
 
 
+def test_a_lease_found_lost_is_not_renewed_behind_its_holders_back(pg):
+    """Found by the replica machine with the diff in the warehouse: a holder paused past its lease, whose
+    own clock then found the lease lost, renewed the row all the same (it still named it), so no other
+    replica could take the cohort while this one no longer reconciled it, for as long as it lived."""
+    a, b = CohortLeases(pg, "run", ttl=0.5), CohortLeases(pg, "run", ttl=5.0)
+    a.claim({"beta", "vip"}, 2)
+    time.sleep(0.6)  # paused past its lease; nobody took it meanwhile
+    fence = a.fence("beta")
+    with pytest.raises(LeaseLost) as lost:
+        fence.check_local()  # its reconcile resumes and finds the lease lost, as the applier does
+    fence.lost(str(lost.value))
+    assert a.held() == {"vip"}
+    assert a.renew() == [] and a.held() == {"vip"}  # its other lease goes on
+    assert b.claim({"beta", "vip"}, 2) == ["beta"], "the cohort a no longer reconciles goes to another replica"
+
+
 def test_balancing_never_gives_back_a_cohort_whose_reconcile_has_started(pg):
     a = CohortLeases(pg, "run", ttl=5.0)
     a.claim({"beta", "vip"}, 2)

@@ -4,8 +4,14 @@ restarted, or SIGSTOPped past its lease and resumed, or a third of the answers a
 is edited, in a random interleaving drawn from a seed. After the last round the faults stop and
 every segment must equal its UID file, with nothing unconfirmed, within SETTLE seconds.
 
-One seed runs in `make test`; `make soak` runs ten more (marker `soak`). A failure prints the seed
-and the schedule, so that it can be replayed: `SEED=... pytest tests/test_replica_schedules.py`.
+The same machine runs with the diff inside the warehouse: the cohorts are queries on a PostgreSQL
+warehouse connection with `snapshots:` (their members kept in snapshot tables, each accepted batch
+written there under the generation its writer saw), the rounds rewrite their tables, and the
+daemons read them every two seconds.
+
+One seed of each runs in `make test`; `make soak` runs ten more of the local one (marker `soak`).
+A failure prints the seed and the schedule, so that it can be replayed: `SEED=... pytest
+tests/test_replica_schedules.py`.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+import sqlalchemy as sa
+import yaml
 
 from reconciler.cli.main import main
 from tests.conftest import API_KEY, WORKSPACE
@@ -87,14 +95,45 @@ def differences(emulator, desired: dict[str, set[int]]) -> dict[str, dict]:
     return out
 
 
-def play(seed: int, rounds: int, tmp_path, start_emulator, daemons, postgres_schema, capsys) -> None:
+class Sources:
+    """Where the rounds write each cohort's members: its UID file, or its table in the warehouse."""
+
+    def __init__(self, repo: Repo, warehouse: str | None) -> None:
+        self.repo, self.warehouse = repo, warehouse
+        self.engine = sa.create_engine(warehouse) if warehouse else None
+
+    def spec(self, cid: str, drawn: set[int], **extra: object) -> None:
+        if self.engine is None:
+            return self.repo.file_cohort(cid, members(cid, drawn), **extra)
+        self.write(cid, drawn)
+        self.repo.spec(f"{cid}.yaml", yaml.safe_dump({"id": cid, "name": f".{cid}", "schedule": "2s", **extra,
+                                                      "source": {"connection": "wh", "sql": f"SELECT uid FROM d_{cid}"}}))
+
+    def write(self, cid: str, drawn: set[int]) -> None:
+        if self.engine is None:
+            return self.repo.uids(cid, members(cid, drawn))
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS d_{cid} (uid TEXT)")
+            conn.exec_driver_sql(f"DELETE FROM d_{cid}")
+            conn.execute(sa.text(f"INSERT INTO d_{cid} (uid) VALUES (:u)"), [{"u": u} for u in members(cid, drawn)])
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def play(seed: int, rounds: int, tmp_path, start_emulator, daemons, postgres_schema, capsys,
+         warehouse: bool = False) -> None:
     rng = random.Random(seed)
     emulator = start_emulator("--workspace-id", WORKSPACE, "--api-key", API_KEY, "--rate-limit", RATE)
+    schema = postgres_schema.rsplit("%3D", 1)[1]
     repo = Repo(tmp_path, state_url=postgres_schema, base_url=emulator.url,
-                moengage={"max_payload_bytes": 1500, "max_retries": 2, "rate_limit": RATE})
+                moengage={"max_payload_bytes": 1500, "max_retries": 2, "rate_limit": RATE},
+                connections={"wh": {"url": postgres_schema, "snapshots": f"{schema}_snap"}} if warehouse else None)
+    sources = Sources(repo, postgres_schema if warehouse else None)
     desired = {cid: set(rng.sample(range(POOL), rng.randrange(50, 400))) for cid in COHORTS}
     for cid in COHORTS:
-        repo.file_cohort(cid, members(cid, desired[cid]))
+        sources.spec(cid, desired[cid])
     cluster = Cluster(daemons, repo)
     cluster.boot()
     schedule: list[str] = []
@@ -105,7 +144,7 @@ def play(seed: int, rounds: int, tmp_path, start_emulator, daemons, postgres_sch
                 leave = set(rng.sample(sorted(drawn), min(len(drawn), rng.randrange(0, 120))))
                 arrive = set(rng.sample(range(POOL), rng.randrange(0, 150)))
                 desired[cid] = (drawn - leave) | arrive
-                repo.uids(cid, members(cid, desired[cid]))
+                sources.write(cid, desired[cid])
                 schedule.append(f"{r}: {cid} -{len(leave)} +{len(arrive - drawn)}")
             cluster.revive(time.monotonic())
             fault = rng.choice(["kill", "pause", "lose", "edit", "none"])
@@ -124,7 +163,7 @@ def play(seed: int, rounds: int, tmp_path, start_emulator, daemons, postgres_sch
                 schedule.append(f"{r}: lose {rate:.0%} of the answers")
             elif fault == "edit":
                 cid = rng.choice(COHORTS)
-                repo.file_cohort(cid, members(cid, desired[cid]), description=f"round {r}")
+                sources.spec(cid, desired[cid], description=f"round {r}")
                 schedule.append(f"{r}: edit the spec of {cid}")
             time.sleep(rng.uniform(0.5, 3.0))
         emulator.configure(lose_answer_rate=0.0)
@@ -142,6 +181,7 @@ def play(seed: int, rounds: int, tmp_path, start_emulator, daemons, postgres_sch
         assert "Traceback" not in logs, f"seed {seed}:\n" + "\n".join(schedule)
     finally:
         cluster.revive()
+        sources.close()
 
 
 @pytest.mark.timeout(300)
@@ -156,3 +196,16 @@ def test_replicas_converge_after_a_schedule_of_kills_pauses_and_lost_answers(tmp
 @pytest.mark.parametrize("seed", range(1, 11))
 def test_soak_replicas_under_random_schedules(seed, tmp_path, start_emulator, daemons, postgres_schema, capsys):
     play(seed, 10, tmp_path, start_emulator, daemons, postgres_schema, capsys)
+
+
+@pytest.mark.timeout(300)
+def test_replicas_converge_with_the_diff_in_the_warehouse(tmp_path, start_emulator, daemons, postgres_schema, capsys):
+    seed = int(os.environ.get("SEED", "20261206"))
+    schema = postgres_schema.rsplit("%3D", 1)[1] + "_snap"
+    try:
+        play(seed, 10, tmp_path, start_emulator, daemons, postgres_schema, capsys, warehouse=True)
+    finally:
+        engine = sa.create_engine(postgres_schema, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        engine.dispose()

@@ -77,10 +77,16 @@ class CohortLeases:
             conn.execute(leases.insert().values(name=REPLICA + self.id, token=0, busy=False, **self._mine()))
 
     def renew(self) -> list[str]:
-        """Extend every lease held, in one statement; returns the cohorts lost meanwhile (taken over)."""
+        """Extend every lease held, in one statement; returns the cohorts lost meanwhile (taken over).
+
+        Only the leases this process still counts as held: one it found lost (a pause past its
+        expiry) may still name it in the table, and renewing that row would keep the cohort from
+        every other replica while this one no longer reconciles it."""
         started = time.monotonic()
+        with self._lock:
+            names = [COHORT + key for key in self._held] + [REPLICA + self.id]
         with self._write() as conn:
-            rows = conn.execute(leases.update().where(leases.c.holder == self.me.holder)
+            rows = conn.execute(leases.update().where(leases.c.holder == self.me.holder, leases.c.name.in_(names))
                                 .values(expires_at=self._now + self.ttl)
                                 .returning(leases.c.name, leases.c.token)).all()
         tokens = dict(rows)
