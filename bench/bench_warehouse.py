@@ -76,9 +76,9 @@ def main() -> int:
     p.add_argument("--postgres", metavar="URL", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
     with workspace(p, build, __file__) as (args, work):
         schema, libpq = f"cohortsync_wh_{os.getpid()}", args.postgres.replace("+psycopg", "")
-        loaded = measure([sys.executable, "-c", LOAD, str(work), args.postgres, libpq, schema], cwd=ROOT)
         changes = int(args.size * 0.01 / 2) * 2
         try:
+            loaded = measure([sys.executable, "-c", LOAD, str(work), args.postgres, libpq, schema], cwd=ROOT)
             streamed_cfg = configure(work, args.postgres, schema, False, 'SELECT uid FROM users ORDER BY uid COLLATE "C"')
             plan = cohortsync("plan", "--format", "json", "--config", str(streamed_cfg))
             streamed = [measure(plan), measure(plan)]
