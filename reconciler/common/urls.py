@@ -38,7 +38,7 @@ def engine_for(parsed: URL, **options: Any) -> Engine:
         return sa.create_engine(parsed, **options)
     except sa.exc.NoSuchModuleError:
         raise BadUrl(f"no SQLAlchemy dialect {parsed.drivername[:60]!r} is installed "
-                     "(postgresql+psycopg, mysql+pymysql and sqlite are known)") from None
+                     "(postgresql+psycopg, mysql+pymysql, duckdb and sqlite are known)") from None
     except ImportError as exc:
         raise BadUrl(f"the driver of {parsed.drivername[:60]!r} is not installed ({exc.name or 'a module'} is "
                      "missing; see the postgres and mysql extras)") from None
