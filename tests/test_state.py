@@ -146,6 +146,28 @@ def test_a_version_2_database_is_upgraded_in_place(state_url):
     upgraded.close()
 
 
+def test_a_version_7_database_is_upgraded_in_one_open(state_url):
+    """Version 7 had no state id and no snapshot columns: one open adds both and says version 8 at once (the
+    id's insert once took the place of the version's update, and an upgraded state stayed at 7 until reopened)."""
+    store = StateStore.open(state_url)
+    store.commit_batch(Cohort("c1", ".C1", None), "add_members", ["x"])
+    with store.engine.begin() as conn:  # what a database written by schema version 7 looks like
+        for column in ("snapshot", "snapshot_gen", "snapshot_sum"):
+            conn.exec_driver_sql(f"ALTER TABLE cs_cohorts DROP COLUMN {column}")
+        conn.execute(meta.delete().where(meta.c.key == "state_id"))
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="7"))
+    store.close()
+    upgraded = StateStore.open(state_url)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 8
+    assert len(upgraded.state_id()) == 32 and upgraded.cohort("c1").snapshot is None
+    assert synced(upgraded, "c1") == ["x"]
+    state_id = upgraded.state_id()
+    upgraded.close()
+    again = StateStore.open(state_url)
+    assert again.state_id() == state_id, "the id is made once"
+    again.close()
+
+
 def test_members_are_written_the_same_without_the_drivers_own_statements(state, monkeypatch):
     """A driver whose paramstyle we do not write by hand goes through SQLAlchemy's statements."""
     monkeypatch.setattr("reconciler.state.store._PLACEHOLDERS", {})

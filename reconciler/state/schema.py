@@ -183,11 +183,11 @@ def migrate(conn: sa.Connection) -> None:
     if version == 0:
         conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
         conn.execute(meta.insert().values(key="state_version", value="0"))
+    elif version < SCHEMA_VERSION:
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
     if conn.execute(sa.select(meta.c.value).where(meta.c.key == "state_id")).first() is None:
         # who owns a warehouse snapshot: two state databases must never write the same one
         conn.execute(meta.insert().values(key="state_id", value=uuid.uuid4().hex))
-    elif version < SCHEMA_VERSION:
-        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
 
 def read_state_id(conn: sa.Connection) -> str:
