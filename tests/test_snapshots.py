@@ -92,23 +92,41 @@ def test_a_writer_whose_generation_moved_writes_nothing(warehouse):  # noqa: F81
     assert {u for chunk in snapshot.chunks() for u in chunk} == {"a", "b", "c"}
 
 
+def test_a_claim_and_a_snapshot_made_again_shut_out_a_paused_writer(warehouse):  # noqa: F811
+    """A writer that saw generation g writes nothing once another claimed the snapshot (and settles uids by
+    re-sending them, which writes no rows), nor after the snapshot was moved out and made again."""
+    snapshot = _snapshot(warehouse)
+    seen = snapshot.load([["a"]])
+    claimed = snapshot.claim(seen)
+    assert (claimed.generation, claimed.count, claimed.checksum) == (seen.generation + 1, seen.count, seen.checksum)
+    with pytest.raises(SnapshotMoved):
+        snapshot.write(Action.ADD, ["x"], seen)
+    assert _trusted(snapshot, seen).unrecorded.last_action == "claim"  # a claim the state did not record: taken
+    snapshot.drop()
+    again = snapshot.load([["a"]])
+    assert again.generation > claimed.generation
+    with pytest.raises(SnapshotMoved):
+        snapshot.write(Action.ADD, ["x"], seen)
+    assert {u for chunk in snapshot.chunks() for u in chunk} == {"a"}
+
+
 def test_a_snapshot_is_trusted_only_against_its_mark(warehouse):  # noqa: F811
     snapshot = _snapshot(warehouse)
     assert _trusted(snapshot, None).mark == EMPTY  # nothing kept there yet: nothing counts
     with pytest.raises(SnapshotError, match="mark is missing"):
         _trusted(snapshot, SnapshotMark(1, 0, 0))
     loaded = snapshot.load([["a", "b"]])
-    assert loaded == SnapshotMark(1, 2, checksum(["a", "b"]))
+    assert (loaded.count, loaded.checksum) == (2, checksum(["a", "b"]))
     ahead = snapshot.write(Action.ADD, ["c", "d"], loaded)
     trust = _trusted(snapshot, loaded, {"c", "d", "x"})  # one write ahead, its uids pending: taken
     assert trust.mark == ahead and trust.unrecorded.last_uids == ["c", "d"]
-    with pytest.raises(SnapshotError, match="generation 2, this state expects 1"):
+    with pytest.raises(SnapshotError, match=f"generation {ahead.generation}, this state expects {loaded.generation}"):
         _trusted(snapshot, loaded, {"c"})  # ... not when a uid of it is not pending
     two_ahead = snapshot.write(Action.REMOVE, ["a"], ahead)
     with pytest.raises(SnapshotError, match="restored from a backup"):
         _trusted(snapshot, loaded, {"a", "c", "d"})
     with pytest.raises(SnapshotError, match="differs from this state's"):
-        _trusted(snapshot, SnapshotMark(3, 5, 0))
+        _trusted(snapshot, SnapshotMark(two_ahead.generation, 5, 0))
     with pytest.raises(SnapshotError, match="another cohortsync state"):
         _trusted(_snapshot(warehouse, state_id="state-2"), two_ahead)
     with pytest.raises(SnapshotError, match="another cohortsync state"):

@@ -104,6 +104,7 @@ class Applier:
         self.progress.start(plan)
         lost = False
         try:
+            self._claim(outcome.keeping, plan.key, fence)
             self.note_refusals(prepared, fence)
             for spill in prepared.spills():
                 note = change_note(plan, spill, run.run_id) if self.changelog else None
@@ -180,6 +181,15 @@ class Applier:
             if not (bisect and isinstance(exc, MembersRefused)):
                 raise
             self._bisect(batch, batch.uids[settled:], exc, spill, client, run, outcome, note, fence)
+
+    def _claim(self, keeping: Keeping | None, key: str, fence: Fence | None) -> None:
+        """Before the first request: the snapshot's generation moved on and recorded (snapshot.py: `claim`)."""
+        if keeping is not None:
+            if fence is not None:
+                fence.check_local()
+            mark = keeping.snapshot.claim(keeping.mark)
+            self.state.adopt_snapshot(key, mark, Action.ADD, [], None, fence)
+            keeping.mark = mark
 
     @staticmethod
     def _write_snapshot(keeping: Keeping | None, action: Action, uids: list[str]) -> SnapshotMark | None:

@@ -33,7 +33,14 @@ from reconciler.state.records import SnapshotMark
 EMPTY = SnapshotMark(0, 0, 0)  # a snapshot this state has not made yet: nothing in it counts
 IN_LIST = 1000  # uids per IN (...) of a delete or a look-up
 LOAD_ROWS = 10_000  # rows per insert of a load
-LOAD = "load"  # the mark's last action after a move in
+LOAD, CLAIM = "load", "claim"  # the mark's last action after a move in, and after a writer claimed it
+
+
+def first_generation() -> int:
+    """Where a new snapshot's generations start: the time of its load in milliseconds, shifted 20 bits,
+    so that a snapshot made again never reuses one of an earlier one's (a writer paused since then
+    expects one of those, and its write must match nothing)."""
+    return int(time.time() * 1000) << 20
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,15 @@ class Snapshot:
                                         "batch removes: it was edited by hand")
         return new
 
+    def claim(self, expect: SnapshotMark) -> SnapshotMark:
+        """Move the mark one generation on, rows unchanged, before a writer sends anything: a writer
+        that saw an earlier generation (paused past its lease, say) then writes nothing, even where
+        this one settles uids by re-sending them, which writes no rows."""
+        new = expect.moved(0, 0)
+        with self._errors("write"), self.engine.begin() as conn:
+            self._advance(conn, expect, new, CLAIM, [])
+        return new
+
     def _advance(self, conn: sa.Connection, expect: SnapshotMark, new: SnapshotMark, action: str,
                  uids: list[str]) -> None:
         moved = conn.execute(self.marks.update().where(
@@ -203,7 +219,7 @@ class Snapshot:
                                 f"{expect.generation}: this batch stays unconfirmed, the next plan settles it")
 
     def load(self, chunks: Iterable[list[str]]) -> SnapshotMark:
-        """Make the snapshot anew from these members (a move in): the table replaced, generation 1.
+        """Make the snapshot anew from these members (a move in): the table replaced, its generations new.
 
         The local state still keeps the members until it records the mark this returns, so a load
         that stops half-way is simply made again.
@@ -220,9 +236,9 @@ class Snapshot:
                 for i in range(0, len(chunk), LOAD_ROWS):
                     insert(chunk[i:i + LOAD_ROWS], hashes[i:i + LOAD_ROWS])
                 count, total = count + len(chunk), total + sum(hashes)
-            mark = SnapshotMark(1, count, total)
+            mark = SnapshotMark(first_generation(), count, total)
             conn.execute(self.marks.insert().values(
-                key=self.key, table_name=self.location.table, state_id=self.state_id, generation=1,
+                key=self.key, table_name=self.location.table, state_id=self.state_id, generation=mark.generation,
                 row_count=count, checksum=total, last_action=LOAD, last_uids=None, updated_at=time.time()))
         with self.reading() as conn:
             if self.measure(conn) != (count, total):
@@ -301,7 +317,7 @@ def _expected(found: Found, known: SnapshotMark, pending: Callable[[], set[str]]
                                 f"differs from this state's ({known.count:,}, {known.checksum}) at the same generation "
                                 f"{known.generation}: the marks table was edited")
         return known
-    ahead = found.mark.generation == known.generation + 1 and found.last_action in (Action.ADD, Action.REMOVE)
+    ahead = found.mark.generation == known.generation + 1 and found.last_action in (Action.ADD, Action.REMOVE, CLAIM)
     if ahead and set(found.last_uids) <= pending():
         return found.mark
     raise SnapshotError(f"{location.shown} is at generation {found.mark.generation}, this state expects "
