@@ -319,12 +319,14 @@ def test_every_fault_schedule_converges_on_postgresql(postgres_schema, tmp_path)
     run_machine(postgres_schema, tmp_path)
 
 
+@pytest.mark.timeout(300)
 def test_every_fault_schedule_converges_with_the_diff_in_the_warehouse(tmp_path):
     """The warehouse path: a SQLite warehouse file beside a SQLite state."""
     run_machine(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, warehouse=f"sqlite:///{tmp_path / 'wh.db'}")
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(300)  # about 80 s on a quiet machine: each apply writes two databases
 def test_every_fault_schedule_converges_with_the_diff_in_a_postgresql_warehouse(postgres_schema, tmp_path):
     """The warehouse path on PostgreSQL: the state in one schema, the cohorts' tables and their snapshots in
     another of the same server (its own schema, as a user would give cohortsync)."""
