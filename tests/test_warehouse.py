@@ -454,3 +454,17 @@ def test_the_daemon_diffs_in_the_warehouse_and_says_so(tmp_path, emulator, daemo
     assert daemon.get_json("/cohorts/buyers/status.json")["cohort"]["diff"] == "warehouse"
     assert daemon.stop() == 0
     wh.engine.dispose()
+
+
+def test_a_failing_query_is_the_sources_error_and_removes_nobody(repo, emulator, warehouse, capsys):
+    wh = warehouse
+    wh.table("users", UIDS[:5])
+    connect(repo, wh)
+    sql_cohort(repo, "buyers", "SELECT uid FROM users")
+    assert repo.run(capsys, "apply")[0] == 0
+    sql_cohort(repo, "buyers", "SELECT uid FROM no_such_table")
+    broken = plan(repo, capsys)["buyers"]
+    assert broken["status"] == "error" and broken["reason"].startswith("query on 'wh' failed"), broken
+    assert "GRANT" not in broken["reason"] and "snapshot" not in broken["reason"]
+    code, _, _ = repo.run(capsys, "apply")
+    assert code == 1 and segment(emulator, "buyers") == set(UIDS[:5]) == wh.members("buyers")

@@ -164,11 +164,16 @@ class Applier:
         settled = 0
         try:
             for part in client.send(batch, fence.check_local if fence is not None else None):  # parts: after a 413
+                try:
+                    mark = self._write_snapshot(keeping, action, list(part.uids)) if not spill.resend else None
+                    state.settle_batch(batch_id, plan.key, action, list(part.uids),
+                                       remaining=list(batch.uids[settled + len(part.uids):]),
+                                       write_members=not spill.resend, note=note, fence=fence,
+                                       clear_refused=plan.refused_retry, snapshot=mark)
+                except StateError:  # accepted, not recorded: the batch stays pending, its uids uncertain
+                    outcome.unconfirmed += len(batch.uids) - settled
+                    raise
                 settled += len(part.uids)
-                mark = self._write_snapshot(keeping, action, list(part.uids)) if not spill.resend else None
-                state.settle_batch(batch_id, plan.key, action, list(part.uids), remaining=list(batch.uids[settled:]),
-                                   write_members=not spill.resend, note=note, fence=fence,
-                                   clear_refused=plan.refused_retry, snapshot=mark)
                 outcome.count_sent(action, len(part.uids))
                 self.progress.advance(len(part.uids))
                 log.info("cohort %s: %s of %d uids acknowledged (%d bytes)", plan.key, action, len(part.uids),

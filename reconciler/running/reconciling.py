@@ -252,8 +252,8 @@ class Reconciler:
             log.error("cohort %s: %s", plan.key, exc)
             try:
                 self.state.record_outcome(plan.cohort, Ending(Status.FAILED, error=str(exc)), fence)
-            except (StateError, LeaseLost):
-                pass  # the outcome says it all the same
+            except (StateError, LeaseLost) as why:  # the outcome says it all the same
+                log.warning("cohort %s: its failure could not be recorded in the state: %s", plan.key, why)
             return CohortOutcome(plan, Status.FAILED, error=str(exc))
         return None
 

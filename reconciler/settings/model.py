@@ -136,7 +136,7 @@ def _url(value: Any, base: Path | None) -> str:
     return str(value) if base is None else sqlite_relative_to(str(value), base)
 
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # a plain identifier: the same on every dialect
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # written unquoted alike on every dialect (no case folding)
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,8 @@ def _connection(name: str, value: Any, base: Path | None) -> ConnectionSettings 
         raise ValueError(f"connections.{name}: unknown key {shown(unknown[0])}: a connection has `url` and `snapshots`")
     snapshots = value.get("snapshots")
     if snapshots is not None and not _SCHEMA_NAME.match(str(snapshots)):
-        raise ValueError(f"connections.{name}.snapshots: {shown(snapshots)} is not a schema name: use letters, "
-                         "digits and _ (at most 63), not starting with a digit")
+        raise ValueError(f"connections.{name}.snapshots: {shown(snapshots)} is not a schema name cohortsync takes: "
+                         "use lower-case letters, digits and _ (at most 63), not starting with a digit")
     if not value.get("url"):
         return None
     return ConnectionSettings(Secret(_url(value["url"], base)), str(snapshots) if snapshots is not None else None)

@@ -22,12 +22,13 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import sqlalchemy as sa
 
-from reconciler.common.errors import SnapshotError, SnapshotMoved, SourceError
+from reconciler.common.errors import SnapshotError, SnapshotMoved, SourceError, short_message
 from reconciler.snapshots.snapshot import EMPTY, Snapshot, Trusted
 from reconciler.snapshots.tables import uid_hash
 from reconciler.sources.cursors import streaming_cursor
@@ -37,7 +38,8 @@ from reconciler.state.records import SnapshotMark
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "cohortsync_desired_query"  # where the query goes, once the statement around it is compiled
-FETCH = 5000  # rows per round trip
+FETCH = 20_000  # rows per round trip
+MAX_STAND_INS = 250_000  # values the warehouse writes otherwise than their uid, held here to be looked up
 _TRAILING = re.compile(r"(?:\s|;|^[ \t]*--[^\n]*$|;[ \t]*--[^\n'\"]*$)+\Z", re.MULTILINE)  # ; and comments at the end
 
 
@@ -77,8 +79,8 @@ class Changes:
     adds: Spool = field(default_factory=Spool)
     removes: Spool = field(default_factory=Spool)
     stand_ins: set[str] = field(default_factory=set)  # uids of rows whose text was not yet the uid (normalised here)
-    members_among: set[str] = field(default_factory=set)  # those of them the snapshot holds: desired members,
-    rows: int = 0                                         # never removed; the others are adds
+    members_among: set[str] = field(default_factory=set)  # those of them the snapshot holds: never removed
+    rows: int = 0  # rows that came back from the warehouse
 
     def added(self) -> Iterator[list[str]]:
         return self.adds.sorted()
@@ -111,6 +113,8 @@ def checked_diff(snapshot: Snapshot, known: SnapshotMark | None, pending: Callab
             with snapshot.reading() as conn:
                 seen = snapshot.found(conn) if against else None
                 changes = WarehouseDiff(snapshot, cohort_id, sql).run(conn, against_table=against)
+                if against and snapshot.found(conn) != seen:  # a dialect that reads each statement anew
+                    seen = None
         except Exception:
             checking.result()  # its error first, when it has one
             raise
@@ -138,6 +142,7 @@ class WarehouseDiff:
     def __init__(self, snapshot: Snapshot, cohort_id: str, sql: str) -> None:
         self.snapshot, self.cohort_id = snapshot, cohort_id
         self.sql = _TRAILING.sub("", sql)
+        self.connection = snapshot.location.connection
 
     def run(self, conn: sa.Connection, against_table: bool) -> Changes:
         """The changes; `against_table` False: the cohort has no snapshot yet, every desired uid is an add."""
@@ -195,7 +200,8 @@ class WarehouseDiff:
         text = text.replace(PLACEHOLDER, f"\n{self.sql}\n", 1)
         cursor = streaming_cursor(conn.connection.driver_connection, conn.dialect.name, f"cs_diff_{uuid.uuid4().hex[:8]}")
         try:
-            cursor.execute(text)
+            with self._query_errors(conn):
+                cursor.execute(text)
         except BaseException:
             cursor.close()
             raise
@@ -204,10 +210,20 @@ class WarehouseDiff:
     def _collect(self, conn: sa.Connection, statement: Any, changes: Changes) -> None:
         cursor = self._execute(conn, statement)
         try:
-            while rows := cursor.fetchmany(FETCH):
-                self._take(rows, changes)
+            with self._query_errors(conn):
+                while rows := cursor.fetchmany(FETCH):
+                    self._take(rows, changes)
         finally:
             cursor.close()
+
+    @contextmanager
+    def _query_errors(self, conn: sa.Connection) -> Iterator[None]:
+        """The query's own failures (a typo, a table it may not read, a timeout) as the source's, like any
+        query's: the snapshot's are told by the check that runs beside it (checked_diff)."""
+        try:
+            yield
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise SourceError(self.cohort_id, f"query on {self.connection!r} failed: {short_message(exc)}") from exc
 
     def _take(self, rows: list[Any], changes: Changes) -> None:
         """One fetch's rows: (raw, text) of the query alone, (raw, text, None, None) for a desired uid not
@@ -235,8 +251,12 @@ class WarehouseDiff:
             raise SourceError(self.cohort_id, f"a row of the query: {problem}")
         if uid == text:
             adds.append(uid)
-        else:
-            changes.stand_ins.add(uid)
+            return
+        changes.stand_ins.add(uid)
+        if len(changes.stand_ins) > MAX_STAND_INS:
+            raise SourceError(self.cohort_id, f"over {MAX_STAND_INS:,} of the query's values are not their uid as the "
+                              "warehouse writes them (padded with spaces, or numbers with decimals): trim or cast the "
+                              "uid in the query, or diff this cohort here (a connection without `snapshots`)")
 
     def _member_row(self, uid: str, h: int) -> str:
         if "\n" in uid or uid_hash(uid) != h:

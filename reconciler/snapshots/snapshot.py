@@ -57,7 +57,7 @@ class Location:
 
     @classmethod
     def parse(cls, text: str) -> "Location":
-        connection, schema, table = text.split("/", 2)
+        connection, schema, table = text.rsplit("/", 2)  # a connection's name may hold a slash; the rest never
         return cls(connection, schema, table)
 
     def __str__(self) -> str:
@@ -100,10 +100,10 @@ class Snapshot:
     # --- reading ------------------------------------------------------------------------
     @contextmanager
     def reading(self) -> Iterator[sa.Connection]:
-        """A read-only transaction that sees one state of the warehouse (repeatable read on PostgreSQL;
-        MariaDB's InnoDB and DuckDB give one per transaction already)."""
+        """A read-only transaction that sees one state of the warehouse: repeatable read on PostgreSQL,
+        MariaDB and MySQL; DuckDB and SQLite give one per transaction already."""
         with self._errors("read"), self.engine.connect() as conn:
-            if self.dialect == "postgresql":
+            if self.dialect in ("postgresql", "mysql", "mariadb"):  # one state of the data for the whole reading
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             trans = conn.begin()
             try:
