@@ -468,3 +468,23 @@ def test_a_failing_query_is_the_sources_error_and_removes_nobody(repo, emulator,
     assert "GRANT" not in broken["reason"] and "snapshot" not in broken["reason"]
     code, _, _ = repo.run(capsys, "apply")
     assert code == 1 and segment(emulator, "buyers") == set(UIDS[:5]) == wh.members("buyers")
+
+
+def test_a_snapshot_restored_or_edited_is_adopted_then_resynced(repo, emulator, warehouse, capsys):
+    """The way out when no plan trusts a snapshot any more: `state adopt` takes it as it stands, and a resync
+    makes MoEngage match the query again."""
+    wh = warehouse
+    wh.table("users", UIDS[:20])
+    connect(repo, wh)
+    sql_cohort(repo, "buyers", "SELECT uid FROM users")
+    assert repo.run(capsys, "apply")[0] == 0
+    wh.execute(f"DELETE FROM {wh.snapshot('buyers')} WHERE uid IN ('u00001', 'u00002')")  # a restore, an edit
+    wh.execute(f"INSERT INTO {wh.snapshot('buyers')} (uid, h) VALUES ('stray', 0)")
+    assert plan(repo, capsys)["buyers"]["status"] == "error"
+    code, out, _ = repo.run(capsys, "state", "adopt", "--cohort", "buyers")
+    assert code == 0 and "19 members adopted" in out and "apply --resync --cohort buyers" in out, out
+    assert repo.run(capsys, "state", "check")[0] == 0
+    code, out, _ = repo.run(capsys, "apply", "--resync", "--cohort", "buyers", "--force")
+    assert code == 0, out
+    assert segment(emulator, "buyers") == set(UIDS[:20]) == wh.members("buyers")
+    assert plan(repo, capsys)["buyers"]["status"] == "unchanged"

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("text", "json"), default="text")
     _workspace(q)
     q.set_defaults(func="reconciler.cli.moving:state_move")
+    q = state.add_parser("adopt", parents=[nested], help="take a warehouse snapshot as it stands (restored from a "
+                         "backup, or edited on purpose) and record it; then apply --resync makes MoEngage match")
+    q.add_argument("--cohort", metavar="ID", action="append", required=True, help="the cohort (repeatable)")
+    _workspace(q)
+    q.set_defaults(func="reconciler.cli.moving:state_adopt")
 
     p = sub.add_parser("notify", parents=[common], help="alerts: send a test event to the notify targets")
     notify = p.add_subparsers(dest="notify_command", required=True, metavar="ACTION")

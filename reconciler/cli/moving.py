@@ -1,8 +1,10 @@
-"""`cohortsync state move`: members moved to where the config wants them, checked, sending nothing.
+"""`cohortsync state move`: members moved to where the config wants them, checked, sending nothing;
+`cohortsync state adopt`: a warehouse snapshot no plan trusts any more, taken as it stands.
 
 Apply and the daemon move a cohort's members on their own before they next send (snapshots/
-moving.py); this command does it ahead of time, for the cohorts chosen, and says what moved where,
-so that a big cohort's move happens when the operator decides and its check is seen.
+moving.py); `move` does it ahead of time, for the cohorts chosen, and says what moved where, so
+that a big cohort's move happens when the operator decides and its check is seen. `adopt` is the
+way out after a snapshot was restored from a backup or edited on purpose.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from reconciler.settings.config import load_settings
 from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.snapshots.moving import Mover
 from reconciler.snapshots.placement import LOCAL, Snapshots
+from reconciler.snapshots.snapshot import Location
 from reconciler.sources.reading import Engines
 from reconciler.state.fencing import Fence
 from reconciler.state.records import Cohort
@@ -86,3 +89,33 @@ def _report(rows: list[dict[str, Any]], form: str) -> int:
 
 def _place(where: str) -> str:
     return "the local state" if where == LOCAL else f"the warehouse snapshot {where}"
+
+
+def state_adopt(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    specs = load_checked(settings)
+    selection = Selection.of(args.cohort, args.workspace)
+    engines = Engines(settings.connections)
+    adopted, failed = 0, 0
+    try:
+        with opened(settings) as state, writing(state, settings, specs, selection) as fences:
+            mover = Mover(state, Snapshots(state, engines, settings.statement_timeout))
+            for target in selection.targets(specs, state.cohorts()):
+                record, where = target.record, target.workspace
+                name = target.cohort if where == DEFAULT_WORKSPACE else f"{where}:{target.cohort}"
+                if record is None or not record.snapshot:
+                    print(f"{name}: its members are not kept in a warehouse snapshot: nothing to adopt")
+                    continue
+                try:
+                    keeping = mover.adopt(Cohort(target.key, record.name, record.description),
+                                          Location.parse(record.snapshot), fences(target.key) if fences else None)
+                except (StateError, LeaseLost) as exc:
+                    print(f"{name}: not adopted: {exc}")
+                    failed += 1
+                    continue
+                adopted += 1
+                print(f"{name}: {keeping.mark.count:,} members adopted from {keeping.snapshot.location.shown}; MoEngage "
+                      f"may differ from them: `cohortsync apply --resync --cohort {target.cohort}` makes it match")
+    finally:
+        engines.close()
+    return EXIT_FAILED if failed or not adopted else EXIT_OK

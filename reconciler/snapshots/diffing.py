@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -32,7 +31,7 @@ from reconciler.common.errors import SnapshotError, SnapshotMoved, SourceError, 
 from reconciler.snapshots.snapshot import EMPTY, Snapshot, Trusted
 from reconciler.snapshots.tables import uid_hash
 from reconciler.sources.cursors import streaming_cursor
-from reconciler.sources.ordering import external_sort, rechunk
+from reconciler.sources.ordering import Spool
 from reconciler.sources.reading import check_uid, normalize
 from reconciler.state.records import SnapshotMark
 
@@ -48,28 +47,6 @@ def full_join(dialect: sa.engine.Dialect) -> bool:
     if dialect.name in ("mysql", "mariadb"):
         return False
     return dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 39)
-
-
-class Spool:
-    """Uids written as they come, read back sorted and unique (external_sort: memory stays flat)."""
-
-    def __init__(self) -> None:
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-wh-")
-        self.count = 0
-
-    def add(self, uids: list[str]) -> None:
-        if uids:
-            self._file.write(("\n".join(uids) + "\n").encode("utf-8"))
-            self.count += len(uids)
-
-    def sorted(self) -> Iterator[list[str]]:
-        self._file.flush()
-        self._file.seek(0)
-        lines = (line[:-1].decode("utf-8") for line in self._file)
-        return external_sort(rechunk(lines))
-
-    def close(self) -> None:
-        self._file.close()
 
 
 @dataclass

@@ -18,6 +18,7 @@ from reconciler.common.errors import SnapshotError
 from reconciler.snapshots.placement import HereMembers, Keeping, Placement, Snapshots
 from reconciler.snapshots.snapshot import Location, Snapshot
 from reconciler.snapshots.tables import uid_hash
+from reconciler.sources.ordering import Spool
 from reconciler.state.fencing import Fence
 from reconciler.state.records import ChangeNote, Cohort
 from reconciler.state.store import StateStore
@@ -68,6 +69,24 @@ class Mover:
                  count, keeping.snapshot.location.shown)
         drop_quietly(keeping.snapshot)
         return count
+
+
+    def adopt(self, cohort: Cohort, location: Location, fence: Fence | None = None) -> Keeping:
+        """Take a snapshot as it stands (restored from a backup, or edited on purpose), which no plan trusts
+        any more: its uids are read out, written back with their hashes at new generations, and recorded.
+        MoEngage may differ from it: `apply --resync` then makes them agree."""
+        snapshot = self.snapshots.open(location, cohort.key)
+        spool = Spool()
+        try:
+            for chunk in snapshot.chunks(checked=False):
+                spool.add([u for u in chunk if "\n" not in u])
+            mark = snapshot.load(spool.sorted())
+        finally:
+            spool.close()
+        self.state.keep_members_in(cohort, str(location), mark, fence)
+        log.warning("cohort %s: the snapshot %s adopted as it stands: %d members", cohort.key, location.shown,
+                    mark.count)
+        return Keeping(snapshot, mark)
 
 
 def checked(chunks: Iterable[list[str]], keeping: Keeping) -> Iterator[list[str]]:

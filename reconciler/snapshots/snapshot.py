@@ -136,7 +136,7 @@ class Snapshot:
         if found is None:
             raise SnapshotError(f"{self.location.shown}: its mark is missing from {self.location.schema}.{self.marks.name} "
                                 "(dropped, or the connection now reaches another database); the members cannot be "
-                                "told: put the snapshot back, or see `cohortsync state move` in the README")
+                                "told: put the snapshot back (then `cohortsync state adopt`)")
         if found.state_id != self.state_id:
             raise SnapshotError(f"{self.location.shown} is written by another cohortsync state database "
                                 f"({found.state_id[:8]}…), not this one ({self.state_id[:8]}…): two states must "
@@ -146,7 +146,8 @@ class Snapshot:
         if (rows, total) != (mark.count, mark.checksum):
             raise SnapshotError(f"{self.location.shown} holds {rows:,} rows (checksum {total}) where its mark says "
                                 f"{mark.count:,} (checksum {mark.checksum}): it was edited by hand or half-written, so "
-                                "no diff is made against it; `cohortsync state check` says more")
+                                "no diff is made against it; if the table is as it should be, `cohortsync state adopt` "
+                                "takes it, then `apply --resync`")
         return Trusted(mark, found if mark != known else None)
 
     def measure(self, conn: sa.Connection) -> tuple[int, int]:
@@ -166,12 +167,13 @@ class Snapshot:
                 self.table.c.uid.in_(uids[i:i + IN_LIST]))).scalars())
         return found
 
-    def chunks(self, rows: int = 20_000) -> Iterator[list[str]]:
-        """Every member, in the warehouse's order (the caller sorts), each row's `h` checked against its uid."""
+    def chunks(self, rows: int = 20_000, *, checked: bool = True) -> Iterator[list[str]]:
+        """Every member, in the warehouse's order (the caller sorts), each row's `h` checked against its uid
+        (unless `checked` is False: a snapshot being adopted as it stands)."""
         with self._errors("read"), self.engine.connect() as conn:
             query = sa.select(self.table.c.uid, self.table.c.h)
             for part in conn.execution_options(stream_results=True, yield_per=rows).execute(query).partitions():
-                bad = next((uid for uid, h in part if uid_hash(uid) != h), None)
+                bad = next((uid for uid, h in part if uid_hash(uid) != h), None) if checked else None
                 if bad is not None:
                     raise SnapshotError(f"{self.location.shown}: the row of {bad[:40]!r} does not carry its uid's "
                                         "hash: the table was edited by hand")
@@ -322,7 +324,7 @@ def _expected(found: Found, known: SnapshotMark, pending: Callable[[], set[str]]
         return found.mark
     raise SnapshotError(f"{location.shown} is at generation {found.mark.generation}, this state expects "
                         f"{known.generation}: restored from a backup, or written past this state; no diff is made "
-                        "against it (see Moving in and out in the README)")
+                        "against it (`cohortsync state adopt` takes it as it stands, then `apply --resync`)")
 
 
 def _denied(message: str) -> bool:

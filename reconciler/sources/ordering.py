@@ -220,3 +220,24 @@ def _read(fh: IO[bytes]) -> Iterator[str]:
     for block in iter(lambda: fh.readlines(1 << 20), []):
         yield from (line[:-1].decode("utf-8") for line in block)
 
+
+class Spool:
+    """Uids written as they come, read back sorted and unique (external_sort: memory stays flat)."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="cohortsync-spool-")
+        self.count = 0
+
+    def add(self, uids: list[str]) -> None:
+        if uids:
+            self._file.write(("\n".join(uids) + "\n").encode("utf-8"))
+            self.count += len(uids)
+
+    def sorted(self) -> Iterator[list[str]]:
+        self._file.flush()
+        self._file.seek(0)
+        lines = (line[:-1].decode("utf-8") for line in self._file)
+        return external_sort(rechunk(lines))
+
+    def close(self) -> None:
+        self._file.close()

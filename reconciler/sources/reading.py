@@ -221,12 +221,13 @@ class FileSource:
 def source_engine(url: str) -> Engine:
     """An engine that sees each source as it is at the moment of every read.
 
-    A SQLite file is opened anew for each read (no pool): a pooled connection would keep reading
-    a file that an export replaced by rename, forever. Server databases keep their pool, checked
+    A SQLite or DuckDB file is opened anew for each read (no pool): a pooled connection would keep
+    reading a file that an export replaced by rename, forever, and would keep a DuckDB file locked
+    against every other process. Server databases keep their pool, checked
     before use so a restarted server costs one reconnect; each read is its own transaction.
     """
     parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() in ("sqlite", "duckdb"):  # DuckDB: a process holding a file shuts others out
         return engine_for(parsed, poolclass=sa.pool.NullPool)
     return engine_for(parsed, pool_pre_ping=True)
 
