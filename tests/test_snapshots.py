@@ -167,3 +167,11 @@ def test_the_diff_comes_back_sorted_and_unique(warehouse):  # noqa: F811
 def test_which_dialects_run_a_full_join():
     from sqlalchemy.dialects import mysql, postgresql, sqlite
     assert full_join(postgresql.dialect()) and full_join(sqlite.dialect()) and not full_join(mysql.dialect())
+
+
+def test_dialects_without_transactions_are_refused_with_the_reason():
+    from types import SimpleNamespace
+    for name in ("bigquery", "databricks"):
+        engine = SimpleNamespace(dialect=SimpleNamespace(name=name))
+        with pytest.raises(SnapshotError, match="could not be written together"):
+            Snapshot(engine, A, "a", "state-1")  # type: ignore[arg-type]

@@ -36,6 +36,11 @@ LOAD_ROWS = 10_000  # rows per insert of a load
 LOAD, CLAIM = "load", "claim"  # the mark's last action after a move in, and after a writer claimed it
 
 
+# dialects whose DB-API runs each statement by itself: a write's rows and its mark could not change together
+WITHOUT_TRANSACTIONS = {"bigquery": "BigQuery's DB-API commits each statement by itself",
+                        "databricks": "Databricks' DB-API runs each statement by itself"}
+
+
 def first_generation() -> int:
     """Where a new snapshot's generations start: the time of its load in milliseconds, shifted 20 bits,
     so that a snapshot made again never reuses one of an earlier one's (a writer paused since then
@@ -94,6 +99,10 @@ class Snapshot:
     def __init__(self, engine: Engine, location: Location, key: str, state_id: str, timeout: float = 300.0) -> None:
         self.engine, self.location, self.key, self.state_id, self.timeout = engine, location, key, state_id, timeout
         self.dialect = engine.dialect.name
+        if self.dialect in WITHOUT_TRANSACTIONS:
+            raise SnapshotError(f"connection {location.connection!r}: {WITHOUT_TRANSACTIONS[self.dialect]}, so a "
+                                "snapshot's rows and its mark could not be written together: keep `snapshots` off "
+                                "this connection (its cohorts are then diffed here)")
         self.table = snapshot_table(location.schema, location.table, self.dialect)
         self.marks = marks_table(location.schema)
 
