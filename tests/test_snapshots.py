@@ -31,7 +31,7 @@ B = Location("other", "snap", "cs_snap_a")
 ])
 def test_where_a_cohort_diffs(now, wanted, empty, diff, moves):
     placement = Placement(now, wanted, empty)
-    assert (placement.diff, placement.moves) == (diff, moves)
+    assert (placement.diff, placement.moving) == (diff, moves)
 
 
 def _spec(kind: str, connection: str = "wh") -> CohortSpec:
@@ -51,7 +51,7 @@ def test_placement_reads_the_record_and_the_connections():
     assert place(_spec("sql", "plain"), None, "a", connections).wanted is None
     assert place(_spec("file"), None, "a", connections).wanted is None
     kept = place(_spec("file"), _record(str(A), 10), "a", connections)
-    assert (kept.now, kept.wanted, kept.diff, kept.moves) == (A, None, LOCAL, True)
+    assert (kept.now, kept.wanted, kept.diff, kept.moving) == (A, None, LOCAL, True)
     here = place(_spec("sql"), _record(None, 10), "a", connections)
     assert (here.empty, here.diff) == (False, LOCAL)
 

@@ -18,7 +18,9 @@ import sqlalchemy as sa
 import yaml
 
 from reconciler.settings.config import load_settings
+from reconciler.common.errors import SnapshotError
 from reconciler.snapshots.placement import Snapshots
+from reconciler.snapshots.snapshot import Snapshot
 from reconciler.snapshots.tables import table_name
 from reconciler.sources.reading import Engines
 from reconciler.state.store import StateStore
@@ -311,6 +313,17 @@ def test_an_orphan_pruned_drops_its_snapshot(repo, emulator, warehouse, capsys):
     assert record(repo, "buyers")[0] is None
     with pytest.raises(sa.exc.SQLAlchemyError):
         wh.members("buyers")
+    sql_cohort(repo, "vip", "SELECT uid FROM users")
+    assert repo.run(capsys, "apply")[0] == 0
+    (repo.cohorts / "vip.yaml").unlink()
+    real = Snapshot.drop
+    Snapshot.drop = lambda self: (_ for _ in ()).throw(SnapshotError("no right to drop"))  # a drop that fails
+    try:
+        assert repo.run(capsys, "apply", "--prune")[0] == 0, "the prune still succeeds"
+    finally:
+        Snapshot.drop = real
+    code, out, _ = repo.run(capsys, "state", "check")
+    assert code == 0 and "is no cohort's snapshot any more: safe to drop" in out, out
 
 
 def test_a_saved_plan_holds_while_the_warehouse_does(repo, emulator, warehouse, capsys, tmp_path):

@@ -50,7 +50,7 @@ def _move(mover: Mover, snapshots: Snapshots, target: Target, dry_run: bool, fen
     spec, record = target.spec, target.record
     assert spec is not None
     placement = snapshots.placement(spec, record, target.key)
-    moves = placement.moves and record is not None  # a cohort with no record has nothing to move yet
+    moves = placement.moving and record is not None  # a cohort with no record has nothing to move yet
     row: dict[str, Any] = {"cohort": spec.id, "workspace": target.workspace, "from": str(placement.now or LOCAL),
                            "to": str(placement.wanted or LOCAL), "members": record.synced_count if record else 0,
                            "result": "stays" if not moves else ("would move" if dry_run else "moved"), "error": None}

@@ -167,8 +167,7 @@ def state_check(args: argparse.Namespace) -> int:
         problems = check_state(state)
         if not problems:  # the warehouse snapshots: each against the mark the state keeps of it
             found = check_snapshots(Snapshots(state, engines, settings.statement_timeout))
-            notes = [p for p in found if p.endswith("not a fault")]
-            problems = [p for p in found if p not in notes]
+            problems, notes = found.problems, found.notes
     finally:
         engines.close()
         state.close()

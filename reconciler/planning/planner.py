@@ -134,7 +134,7 @@ class Planner:
         """Where the cohort's members are and should be (snapshots/placement.py): the plan says how it diffs."""
         placement = prepared.placement = self.snapshots.placement(spec, record, prepared.plan.key)
         prepared.plan.diff = placement.diff
-        if placement.moves and (placement.wanted is None or placement.diff != WAREHOUSE):
+        if placement.moving and not (placement.now is None and placement.diff == WAREHOUSE):  # not a mere creation
             prepared.plan.moves = "warehouse" if placement.wanted is not None else "local"
         return placement
 

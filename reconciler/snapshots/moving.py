@@ -43,7 +43,7 @@ class Mover:
             self.state.adopt_snapshot(cohort.key, keeping.mark, Action(write.last_action), write.last_uids,
                                       ChangeNote(run_id, None), fence)
             keeping.unrecorded = None
-        if placement is None or not placement.moves:
+        if placement is None or not placement.moving:
             return keeping
         if placement.now is not None:
             assert keeping is not None, "a cohort kept in a snapshot is planned with its mark"

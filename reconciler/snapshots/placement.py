@@ -39,7 +39,8 @@ class Placement:
         return LOCAL
 
     @property
-    def moves(self) -> bool:
+    def moving(self) -> bool:
+        """Whether apply moves the members before it sends (the plan's `moves` says where to)."""
         return self.now != self.wanted
 
 

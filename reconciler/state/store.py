@@ -308,6 +308,8 @@ class StateStore(Database):
         if not rows:
             return
         with self.transaction() as conn:
+            if conn.execute(sa.select(cohorts.c.snapshot).where(cohorts.c.id == cohort.key)).scalar():
+                raise StateError(f"cohort {cohort.key}: its members are kept in a warehouse snapshot, not here")
             self._ensure_cohort(conn, cohort)
             self._write_members(conn, action, rows)
             conn.execute(cohorts.update().where(cohorts.c.id == cohort.key).values(
