@@ -15,7 +15,8 @@ members are kept in the state. On the warehouse one (snapshots/) they are querie
 connection with `snapshots:`, diffed in the warehouse against their snapshot tables; there the
 process may also die between a batch's write to the snapshot and the state's record of it, and
 the connection's `snapshots` may be taken away and given back, so that members move out of the
-warehouse and back in between faults.
+warehouse and back in between faults, and a move may die after the members were copied to their
+new place, before the state recorded it.
 
 MoEngage is the emulator, a real HTTP server on loopback (in this process, for speed); the
 faults sit at the HTTP client's transport seam, as a dying process or a lost packet would.
@@ -52,7 +53,8 @@ UNIVERSE = [f"u{i:02d}" for i in range(40)]
 COHORTS = {"m": "mirror", "a": "add_only"}
 PAYLOAD = 300  # bytes a request: batches of a few uids, so a fault can strike mid-cohort
 FAULTS = ["lose_answer", "answer_500", "kill_before_send", "kill_after_apply"]
-WAREHOUSE_FAULTS = FAULTS + ["kill_after_snapshot_write"]  # the batch is in the snapshot, not yet in the state
+WAREHOUSE_FAULTS = FAULTS + ["kill_after_snapshot_write",  # the batch is in the snapshot, not yet in the state
+                              "kill_during_move"]  # the members copied to their new place, the state not told yet
 
 
 class Killed(BaseException):
@@ -120,6 +122,21 @@ def dying_after_snapshot_writes(at: int) -> Iterator[None]:
         yield
     finally:
         StateStore.settle_batch = real  # type: ignore[method-assign]
+
+
+@contextmanager
+def dying_during_moves() -> Iterator[None]:
+    """A move dies after the members were copied to their new place, before the state records it."""
+    real = StateStore.keep_members_in, StateStore.keep_members_here
+
+    def die(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise Killed
+
+    StateStore.keep_members_in = StateStore.keep_members_here = die  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        StateStore.keep_members_in, StateStore.keep_members_here = real  # type: ignore[method-assign]
 
 
 def members_now(state_url: str, config: Path, cid: str) -> set[str]:
@@ -208,8 +225,10 @@ class FaultSchedules(RuleBasedStateMachine):
                 conn.execute(sa.text(f"INSERT INTO desired_{cid} (uid) VALUES (:u)"), [{"u": u} for u in self.spec[cid]])
 
     def _apply(self, fault: str | None = None, at: int = 1, resync: bool = False) -> bool:
-        session = FaultySession(None if fault == "kill_after_snapshot_write" else fault, at)
-        with dying_after_snapshot_writes(at) if fault == "kill_after_snapshot_write" else nullcontext():
+        session = FaultySession(fault if fault in FAULTS else None, at)
+        dying = {"kill_after_snapshot_write": lambda: dying_after_snapshot_writes(at),
+                 "kill_during_move": dying_during_moves}.get(fault or "", nullcontext)
+        with dying():
             return apply_through(self.config, session, payload=PAYLOAD, options=RunOptions(force=True, resync=resync))
 
     @rule(cid=st.sampled_from(sorted(COHORTS)), members=st.sets(st.sampled_from(UNIVERSE), max_size=30))
@@ -226,8 +245,8 @@ class FaultSchedules(RuleBasedStateMachine):
 
     @rule(fault=st.sampled_from(WAREHOUSE_FAULTS), at=st.integers(min_value=1, max_value=3))
     def faulty_apply(self, fault: str, at: int) -> None:
-        if fault == "kill_after_snapshot_write" and self.warehouse is None:
-            fault = "kill_after_apply"  # the local path has no snapshot to die after
+        if fault not in FAULTS and self.warehouse is None:
+            fault = "kill_after_apply"  # the local path has no snapshot to die after, nor moves
         self._apply(fault, at)
         self.converged = False
 
