@@ -70,6 +70,7 @@ def test_airflow_operator_and_sensor_pass_on_converged_and_fail_the_task_on_fail
     assert emulator.members("good") == USERS[:6]
     assert result["bad"]["state"] == "failed", result
     assert result["bad"]["tasks"]["sync"] == "failed", result
+    assert result["bad_sensor"]["tasks"] == {"start": "success", "sensor": "failed"}, result  # the sensor fails too
     assert emulator.members("bad") == USERS[:2]  # a broken source removes nobody
 
 
