@@ -476,11 +476,12 @@ class CannedStatus(ThreadingHTTPServer):
 
 
 def test_fields_other_issues_add_show_when_present_and_an_older_status_still_reads(site: Site, browser: Any) -> None:
-    """`unconfirmed`, `workspace(s)`, the replica and its leases come from other issues: the page shows
-    them when /status has them; a /status with none of the page's fields still makes a table."""
+    """`unconfirmed`, `workspace(s)`, `refused`, `diff`, the replica and its leases come from other issues: the
+    page shows them when /status has them; a /status with none of the page's fields still makes a table."""
     doc = site.status()
     rows = {r["id"]: r for r in doc["cohorts"]}
-    rows["beta"].update(unconfirmed={"count": 12, "since": doc["generated_at"] - 60}, workspace="eu")
+    rows["beta"].update(unconfirmed={"count": 12, "since": doc["generated_at"] - 60}, workspace="eu", refused=4,
+                        diff="warehouse", snapshot="wh/cohortsync/cs_snap_beta_0123456789ab")
     rows["sqlc"].update(unconfirmed=3, workspace="us")
     doc.update(replica={"id": "run-7f3a@host-1"}, leases=[{"name": "cohort:beta", "holder": "run-7f3a@host-1"}])
     canned = CannedStatus()
@@ -492,7 +493,10 @@ def test_fields_other_issues_add_show_when_present_and_an_older_status_still_rea
         assert row_text(browser, "sqlc", "unconfirmed") == "3"
         tile = browser.execute_script("return document.querySelector(\"[data-tile='replica']\").innerText")
         assert "run-7f3a@host-1" in tile and "cohort:beta → run-7f3a@host-1" in tile
-        assert "15 unconfirmed" in browser.execute_script("return document.querySelector(\"[data-tile='members']\").innerText")
+        members = browser.execute_script("return document.querySelector(\"[data-tile='members']\").innerText")
+        assert "15 unconfirmed" in members and "4 refused" in members
+        assert row_text(browser, "beta", "refused") == "4" and row_text(browser, "sqlc", "refused") == "0"
+        assert "warehouse" in row_text(browser, "beta", "mode") and "warehouse" not in row_text(browser, "sqlc", "mode")
         doc["rates"] = [{"workspace": "default", "limit": "300/60s", "requests": 300, "window": 60.0, "in_use": 30},
                         {"workspace": "eu", "limit": "100/60s", "requests": 100, "window": 60.0, "in_use": 90}]
         browser.get(canned.url + "/")
