@@ -192,20 +192,31 @@ def test_ctrl_c_during_a_big_plan_leaves_no_helper_behind(tmp_path):
     (tmp_path / "cohorts" / "big.txt").write_text("".join(u + "\n" for u in reversed(uids)))
     (tmp_path / "cohorts" / "big.yaml").write_text("id: big\nname: .Big\nsource: {file: big.txt}\n")
     (tmp_path / "cohortsync.yaml").write_text(f"state_url: sqlite:///{tmp_path / 'state.db'}\nparallel_plan_min: 1\n")
-    plan = subprocess.Popen([sys.executable, "-m", "reconciler", "plan", "--config", str(tmp_path / "cohortsync.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "wb") as err:  # faulthandler: a plan that hangs shows where, on SIGABRT, in the message below
+        plan = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "reconciler", "plan", "--config",
+                                 str(tmp_path / "cohortsync.yaml")], stdout=subprocess.DEVNULL, stderr=err)
     helper = None
     deadline = time.monotonic() + 20
     while helper is None and plan.poll() is None and time.monotonic() < deadline:
-        for pid in Path(f"/proc/{plan.pid}/task/{plan.pid}/children").read_text().split():
-            if b"reconciler.planning.readahead" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                helper = int(pid)
+        try:
+            for pid in Path(f"/proc/{plan.pid}/task/{plan.pid}/children").read_text().split():
+                if b"reconciler.planning.readahead" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    helper = int(pid)
+        except OSError:
+            pass  # a short-lived child (sort -C) went between the listing and the look
         time.sleep(0.005)
     assert helper is not None, "the plan never started a helper"
     os.kill(helper, signal.SIGSTOP)
     try:
         plan.send_signal(signal.SIGINT)
-        assert plan.wait(timeout=20) == 130
+        try:
+            code = plan.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            plan.send_signal(signal.SIGABRT)
+            plan.wait()
+            pytest.fail("the interrupted plan did not end; where it was:\n" + stderr.read_text()[-8000:])
+        assert code == 130, stderr.read_text()[-2000:]
         eventually(lambda: not alive(helper), timeout=5, interval=0.05)  # nor the interrupted plan
     finally:
         try:

@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Callable
 
 from reconciler import __version__
+from reconciler.common.threads import noting_interrupts
 from reconciler.common import logs
 from reconciler.emulator import main as emulator_main
 from reconciler.common.errors import CohortSyncError, SpecErrors
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(max(args.verbose, getattr(args, "verbose_floor", 0)), getattr(args, "log_format", "text"))
     try:
-        return int(_command(args.func)(args) or 0)
+        with noting_interrupts():  # a Ctrl-C lost in a finalizer still ends a read that would wait (common/threads.py)
+            return int(_command(args.func)(args) or 0)
     except SpecErrors as exc:
         print(exc, file=sys.stderr)
         return 1

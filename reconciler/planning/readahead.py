@@ -22,11 +22,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
 from reconciler.common.errors import StateError
+from reconciler.common.threads import wait_readable
 from reconciler.state.database import make_engine
 from reconciler.state.store import StateStore, synced_in_order
 
@@ -93,7 +95,7 @@ class ReadAhead:
             os.close(write_messages)
         try:  # from here on the helper runs: whatever goes wrong (Ctrl-C included) must stop it
             assert self._proc.stdin is not None
-            self._messages = os.fdopen(read_messages, "rb")
+            self._messages = os.fdopen(read_messages, "rb", buffering=0)  # unbuffered: a wait on its fd sees every line
             job = {"url": url, "cohort_id": cohort_id, "fd": self._file.fileno(), "channel": write_messages}
             try:
                 self._proc.stdin.write(json.dumps(job).encode())  # on stdin: no secret on a command line
@@ -144,6 +146,8 @@ class ReadAhead:
     def _receive(self) -> None:
         """Take the helper's next message; raise the error it stands for, if any (and ever after)."""
         if self._error is None:
+            if threading.current_thread() is threading.main_thread():
+                wait_readable(self._messages.fileno())  # a Ctrl-C, even one lost in a finalizer, ends the wait
             self._error = self._take(self._messages.readline().decode("utf-8", "replace").rstrip("\n"))
         if self._error is not None:
             raise self._error

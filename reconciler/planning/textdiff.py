@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from reconciler.planning.diffs import Tally
-from reconciler.sources.ordering import SORT_MEMORY, c_locale, feed, gnu_tool, output_blocks, sort_unique
+from reconciler.sources.ordering import SORT_MEMORY, c_locale, gnu_tool, output_blocks, sort_unique, start_feeder
 
 class ToolFailed(Exception):
     """sort or comm did not finish cleanly; the message says which and why."""
@@ -55,8 +55,7 @@ def comm_diff(desired: str | Iterable[bytes], synced: Iterable[bytes], tally: Ta
     feeders: list[threading.Thread] = []
     try:
         for blocks, fd in feeds:
-            feeders.append(threading.Thread(target=feed, args=(blocks, fd, failures), name="comm-feeder", daemon=True))
-            feeders[-1].start()  # it closes its pipe when done
+            feeders.append(start_feeder(blocks, fd, failures, "comm-feeder"))  # it closes its pipe when done
         try:
             for block in output_blocks(procs[-1]):
                 if failures:  # a side failed: what comm says now is not the diff (an ended side looks empty)

@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from reconciler.common.errors import SnapshotError, SnapshotMoved, SourceError, short_message
+from reconciler.common.threads import starting_quiet_threads
 from reconciler.snapshots.snapshot import EMPTY, Snapshot, Trusted
 from reconciler.snapshots.tables import uid_hash
 from reconciler.sources.cursors import streaming_cursor
@@ -84,7 +85,8 @@ def checked_diff(snapshot: Snapshot, known: SnapshotMark | None, pending: Callab
     """
     against = known is not None
     with ThreadPoolExecutor(1, thread_name_prefix="snapshot-check") as pool:
-        checking = pool.submit(_check, snapshot, known, pending)
+        with starting_quiet_threads():  # Ctrl-C wakes the main thread, blocked on the join's rows
+            checking = pool.submit(_check, snapshot, known, pending)
         changes: Changes | None = None
         try:
             with snapshot.reading() as conn:

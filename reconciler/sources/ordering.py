@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import IO
 
+from reconciler.common.threads import starting_quiet_threads, wait_readable
+
 RUN_SIZE = 500_000  # uids sorted in memory at once (about 40 MB of short strings)
 CHUNK = 50_000  # uids per chunk handed downstream
 SORT_MEMORY = "16M"  # GNU sort's buffer: as fast as 64M on 10M uids (merging dominates), a quarter the RSS
@@ -118,9 +120,7 @@ def gnu_sort(chunks: Iterable[list[str]], memory: str = SORT_MEMORY) -> Iterator
     finally:
         os.close(read_end)  # sort has its own copy
     failures: list[BaseException] = []
-    feeder = threading.Thread(target=feed, args=(as_text(chunks), write_end, failures), name="sort-feeder",
-                              daemon=True)
-    feeder.start()
+    feeder = start_feeder(as_text(chunks), write_end, failures, "sort-feeder")
     for block in output_blocks(proc):
         yield block.decode("utf-8").split("\n")
     feeder.join()
@@ -142,11 +142,21 @@ def as_text(chunks: Iterable[list[str]]) -> Iterator[bytes]:
             yield ("\n".join(chunk) + "\n").encode("utf-8")
 
 
+def start_feeder(blocks: Iterable[bytes], fd: int, failures: list[BaseException], name: str) -> threading.Thread:
+    """A daemon thread that runs `feed`, deaf to Ctrl-C and SIGTERM (common/threads.py): the main thread,
+    blocked reading the tool's output, must be the one they wake."""
+    thread = threading.Thread(target=feed, args=(blocks, fd, failures), name=name, daemon=True)
+    with starting_quiet_threads():
+        thread.start()
+    return thread
+
+
 def feed(blocks: Iterable[bytes], fd: int, failures: list[BaseException]) -> None:
     """Write blocks into a tool's input pipe, then close it; run it in a thread of its own.
 
     An error is kept in `failures` for the reading side, which raises it. The blocks' own
-    generator is closed here, in the thread that ran it (a database cursor may care).
+    generator is closed here, in the thread that ran it (a database cursor may care). Start it with
+    `start_feeder`, so that Ctrl-C and SIGTERM are never delivered to it.
     """
     try:
         with os.fdopen(fd, "wb") as out:
@@ -167,7 +177,7 @@ def output_blocks(proc: subprocess.Popen) -> Iterator[bytes]:
     assert proc.stdout is not None
     try:
         tail = b""
-        for block in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+        for block in iter(lambda: _read_some(proc.stdout), b""):  # type: ignore[arg-type]
             block = tail + block
             cut = block.rfind(b"\n")
             tail, block = block[cut + 1:], block[:cut]
@@ -182,6 +192,12 @@ def output_blocks(proc: subprocess.Popen) -> Iterator[bytes]:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def _read_some(stream: IO[bytes]) -> bytes:
+    """What a tool has written so far, up to 1 MB, once it has written anything (or ended)."""
+    wait_readable(stream.fileno())
+    return stream.read1(1 << 20)  # type: ignore[attr-defined]
 
 
 def python_sort(chunks: Iterable[list[str]], run_size: int = RUN_SIZE) -> Iterator[list[str]]:
