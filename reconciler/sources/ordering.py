@@ -194,10 +194,20 @@ def output_blocks(proc: subprocess.Popen) -> Iterator[bytes]:
         proc.stdout.close()
 
 
-def _read_some(stream: IO[bytes]) -> bytes:
-    """What a tool has written so far, up to 1 MB, once it has written anything (or ended)."""
-    wait_readable(stream.fileno())
-    return stream.read1(1 << 20)  # type: ignore[attr-defined]
+def _read_some(stream: IO[bytes], size: int = 1 << 20) -> bytes:
+    """The tool's next `size` bytes (fewer at its end), as `read(size)` would, but waiting for each
+    pipeful with `wait_readable`, so that a Ctrl-C ends the wait. Blocks this big keep the per-block
+    work downstream rare: a pipe hands over 64 KB at a time."""
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        wait_readable(stream.fileno())
+        part = stream.read1(left)  # type: ignore[attr-defined]
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def python_sort(chunks: Iterable[list[str]], run_size: int = RUN_SIZE) -> Iterator[list[str]]:
