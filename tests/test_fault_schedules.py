@@ -139,32 +139,26 @@ def dying_during_moves() -> Iterator[None]:
         StateStore.keep_members_in, StateStore.keep_members_here = real  # type: ignore[method-assign]
 
 
-def members_now(state_url: str, config: Path, cid: str) -> set[str]:
+def members_now(state: StateStore, engines: Engines, cid: str) -> set[str]:
     """A cohort's members as the state knows them, wherever they are kept: the state, or its warehouse
     snapshot, less the one write a process may have made there and died before recording; that write's
     uids must still be pending in the state."""
-    settings_ = load_settings(str(config))
-    state, engines = StateStore.open(state_url), Engines(settings_.connections)
-    try:
-        record = state.cohort(cid)
-        members = Snapshots(state, engines, 60.0).members(record, cid)
-        found = {u for chunk in members.in_order() for u in chunk}
-        if isinstance(members, SnapshotMembers):
-            with members.snapshot.reading() as conn:
-                mark = members.snapshot.found(conn)
-            assert mark is not None and record is not None and record.mark is not None
-            if mark.mark.generation == record.mark.generation + 1:  # written there, not yet recorded here
-                assert set(mark.last_uids) <= set(state.unconfirmed_uids(cid)), "an unrecorded write is pending"
-                if mark.last_action == "add_members":
-                    found -= set(mark.last_uids)
-                else:
-                    found |= set(mark.last_uids)
+    record = state.cohort(cid)
+    members = Snapshots(state, engines, 60.0).members(record, cid)
+    found = {u for chunk in members.in_order() for u in chunk}
+    if isinstance(members, SnapshotMembers):
+        with members.snapshot.reading() as conn:
+            mark = members.snapshot.found(conn)
+        assert mark is not None and record is not None and record.mark is not None
+        if mark.mark.generation == record.mark.generation + 1:  # written there, not yet recorded here
+            assert set(mark.last_uids) <= set(state.unconfirmed_uids(cid)), "an unrecorded write is pending"
+            if mark.last_action == "add_members":
+                found -= set(mark.last_uids)
             else:
-                assert mark.mark == record.mark, (mark.mark, record.mark)
-        return found
-    finally:
-        engines.close()
-        state.close()
+                found |= set(mark.last_uids)
+        else:
+            assert mark.mark == record.mark, (mark.mark, record.mark)
+    return found
 
 
 class FaultSchedules(RuleBasedStateMachine):
@@ -286,16 +280,18 @@ class FaultSchedules(RuleBasedStateMachine):
     @invariant()
     def the_changelog_agrees_with_the_members(self) -> None:
         state = StateStore.open(self.state_url)
+        engines = Engines(load_settings(str(self.config)).connections)
         try:
             logged = {cid: set() for cid in COHORTS}
             for cid in COHORTS:
                 for entry in state.changelog.entries([cid]):
                     if entry.kind.endswith("change"):
                         (logged[cid].update if entry.action == "add_members" else logged[cid].difference_update)(entry.uids)
+            for cid in COHORTS:
+                assert logged[cid] == members_now(state, engines, cid), cid
         finally:
+            engines.close()
             state.close()
-        for cid in COHORTS:
-            assert logged[cid] == members_now(self.state_url, self.config, cid), cid
 
     @precondition(lambda self: self.converged)
     @invariant()
