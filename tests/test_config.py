@@ -195,3 +195,29 @@ def test_the_emulator_starts_with_the_limits_the_client_assumes():
     args, api = parser.parse_args([]), MoEngageSettings()
     assert (args.rate_limit, args.max_payload_bytes) == (api.rate_limit, api.max_payload_bytes)
     assert (EmulatorConfig().rate_limit, EmulatorConfig().max_payload_bytes) == (api.rate_limit, api.max_payload_bytes)
+
+
+@pytest.mark.parametrize("connection, field, says", [
+    ("{url: 'sqlite:///wh.db', snapshots: bad-name}", "connections.wh.snapshots", "is not a schema name cohortsync takes"),
+    ("{url: 'postgresql://h/db', snapshots: Cohorts}", "connections.wh.snapshots", "lower-case letters"),
+    ("{url: 'postgresql://h/db', snapshots: 1st}", "connections.wh.snapshots", "not starting with a digit"),
+    ("{url: 'postgresql://h/db', snapshot: cohortsync}", "connections.wh.snapshot", "unknown key 'snapshot'"),
+    ("{snapshots: cohortsync}", "connections.wh", "'url' is required"),
+    ("{url: 'duckdb:///:memory:', snapshots: cohortsync}", "connections.wh.snapshots", "keeps no snapshot"),
+    ("{url: 'sqlite://', snapshots: main}", "connections.wh.snapshots", "keeps no snapshot"),
+    ("{url: 'sqlite:///wh.db', snapshots: cohortsync}", "connections.wh.snapshots", "write `snapshots: main`"),
+])
+def test_a_connection_with_snapshots_is_checked_key_by_key(tmp_path, connection, field, says):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, f"connections:\n  wh: {connection}\n"), env={})
+    assert caught.value.field == field and says in str(caught.value), str(caught.value)
+
+
+def test_duckdb_and_sqlite_urls_are_taken_from_the_config_folder(tmp_path):
+    s = load_settings(write(tmp_path, "connections:\n  files: {url: 'duckdb:///wh.duckdb', snapshots: cs}\n"
+                                      "  lite: sqlite:///lite.db\n  mem: 'duckdb:///:memory:'\n"
+                                      "  abs: 'duckdb:////srv/wh.duckdb'\n"), env={})
+    urls = {name: c.url.reveal() for name, c in s.connections.items()}
+    assert urls == {"files": f"duckdb:///{tmp_path}/wh.duckdb", "lite": f"sqlite:///{tmp_path}/lite.db",
+                    "mem": "duckdb:///:memory:", "abs": "duckdb:////srv/wh.duckdb"}
+    assert s.connections["files"].snapshots == "cs"

@@ -253,6 +253,7 @@ def test_a_snapshot_edited_by_hand_fails_the_cohort_and_nothing_is_sent(repo, em
         wh.execute(edit)
         broken = plan(repo, capsys)["buyers"]
         assert broken["status"] == "error" and "edited by hand or half-written" in broken["reason"], broken
+        assert "`cohortsync state adopt --cohort buyers`" in broken["reason"], broken  # a command that runs
         code, out, _ = repo.run(capsys, "apply")
         assert code == 1 and "edited by hand" in out
         code, out, _ = repo.run(capsys, "state", "check")
@@ -497,6 +498,30 @@ def test_a_snapshot_restored_or_edited_is_adopted_then_resynced(repo, emulator, 
     code, out, _ = repo.run(capsys, "state", "adopt", "--cohort", "buyers")
     assert code == 0 and "19 members adopted" in out and "apply --resync --cohort buyers" in out, out
     assert repo.run(capsys, "state", "check")[0] == 0
+    code, out, _ = repo.run(capsys, "apply", "--resync", "--cohort", "buyers", "--force")
+    assert code == 0, out
+    assert segment(emulator, "buyers") == set(UIDS[:20]) == wh.members("buyers")
+    assert plan(repo, capsys)["buyers"]["status"] == "unchanged"
+
+
+def test_a_dropped_snapshot_table_is_named_and_adopt_starts_it_again(repo, emulator, warehouse, capsys):
+    """The table dropped by hand, its mark left: every command says so and sends nothing; `state adopt`
+    starts it again empty, and a resync re-adds every member."""
+    wh = warehouse
+    wh.table("users", UIDS[:20])
+    connect(repo, wh)
+    sql_cohort(repo, "buyers", "SELECT uid FROM users")
+    assert repo.run(capsys, "apply")[0] == 0
+    sent = requests_made(emulator)
+    wh.execute(f"DROP TABLE {wh.snapshot('buyers')}")
+    broken = plan(repo, capsys)["buyers"]
+    assert broken["status"] == "error" and "the table was dropped" in broken["reason"], broken
+    assert "`cohortsync state adopt --cohort buyers`" in broken["reason"], broken
+    code, out, _ = repo.run(capsys, "apply")
+    assert code == 1 and "the table was dropped" in out, out
+    assert (segment(emulator, "buyers"), requests_made(emulator)) == (set(UIDS[:20]), sent)
+    code, out, _ = repo.run(capsys, "state", "adopt", "--cohort", "buyers")
+    assert code == 0 and "0 members adopted" in out, out
     code, out, _ = repo.run(capsys, "apply", "--resync", "--cohort", "buyers", "--force")
     assert code == 0, out
     assert segment(emulator, "buyers") == set(UIDS[:20]) == wh.members("buyers")

@@ -126,7 +126,10 @@ def _parsed(parse: Callable[..., Any], value: Any, file: str, field: str, *args:
     try:
         return parse(value, *args)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc), file=file, field=field) from exc
+        message = str(exc)
+        if message.startswith(field + ".") and ": " in message:  # the error names a field inside this one
+            field, message = message.split(": ", 1)
+        raise ConfigError(message, file=file, field=field) from exc
 
 
 def require_credentials(settings: Settings, workspaces: Iterable[str] = (DEFAULT_WORKSPACE,)) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.common.quoting import shown
-from reconciler.settings.values import RateLimit, Secret, parse_duration, sqlite_relative_to  # importable here too
+from reconciler.settings.values import FILE_DATABASES, RateLimit, Secret, file_url_relative_to, parse_duration  # importable here too
 
 def _flag(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
@@ -62,9 +62,10 @@ def _path(value: Any, base: Path | None) -> Path:
 
 
 def _url(value: Any, base: Path | None) -> str:
-    return str(value) if base is None else sqlite_relative_to(str(value), base)
+    return str(value) if base is None else file_url_relative_to(str(value), base)
 
 
+_FILE_URL = re.compile(rf"^({'|'.join(FILE_DATABASES)})(?:\+\w+)?://(?:/([^?]*))?")  # its database: the file's path
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # written unquoted alike on every dialect (no case folding)
 
 
@@ -90,7 +91,26 @@ def _connection(name: str, value: Any, base: Path | None) -> ConnectionSettings 
                          "use lower-case letters, digits and _ (at most 63), not starting with a digit")
     if not value.get("url"):
         return None
-    return ConnectionSettings(Secret(_url(value["url"], base)), str(snapshots) if snapshots is not None else None)
+    url = _url(value["url"], base)
+    if snapshots is not None:
+        _check_snapshot_place(name, url, str(snapshots))
+    return ConnectionSettings(Secret(url), str(snapshots) if snapshots is not None else None)
+
+
+def _check_snapshot_place(name: str, url: str, schema: str) -> None:
+    """Refuse, before any run, a place no snapshot could be kept: a database in memory, or on SQLite a
+    schema other than `main` (the only one a file has, and an attached file is not one we create)."""
+    parts = _FILE_URL.match(url)
+    if parts is None:
+        return
+    kind, path = parts.groups()
+    if not path or path == ":memory:":
+        raise ValueError(f"connections.{name}.snapshots: a {kind} database in memory keeps no snapshot from one run to "
+                         "the next: give the connection a file (`url: " + kind + ":///warehouse." + ("db" if kind == "sqlite"
+                                                                                                    else "duckdb") + "`)")
+    if kind == "sqlite" and schema != "main":
+        raise ValueError(f"connections.{name}.snapshots: SQLite keeps its tables in the schema `main`: write "
+                         "`snapshots: main`")
 
 
 def _urls(value: Any, base: Path | None) -> dict[str, ConnectionSettings]:

@@ -1,5 +1,5 @@
 """The values settings are made of, apart from the settings themselves: a secret that never prints,
-durations and rates as operators write them, and SQLite paths taken from the config's folder."""
+durations and rates as operators write them, and SQLite and DuckDB paths taken from the config's folder."""
 from __future__ import annotations
 
 import re
@@ -72,9 +72,13 @@ class RateLimit:
         return f"{self.requests}/{self.window:g}s"
 
 
-def sqlite_relative_to(url: str, base: Path) -> str:
-    """Relative SQLite paths are taken from the config file's folder, not the working directory."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url[len(prefix):] not in ("", ":memory:"):
-        return prefix + str(base / url[len(prefix):])
+FILE_DATABASES = ("sqlite", "duckdb")  # URLs whose database is a file path: `sqlite:///relative.db`
+
+
+def file_url_relative_to(url: str, base: Path) -> str:
+    """Relative SQLite and DuckDB paths are taken from the config file's folder, not the working directory."""
+    for name in FILE_DATABASES:
+        prefix = f"{name}:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url[len(prefix):].split("?")[0] not in ("", ":memory:"):
+            return prefix + str(base / url[len(prefix):])
     return url

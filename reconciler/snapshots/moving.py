@@ -78,7 +78,7 @@ class Mover:
         snapshot = self.snapshots.open(location, cohort.key)
         spool = Spool()
         try:
-            for chunk in snapshot.chunks(checked=False):
+            for chunk in snapshot.chunks(checked=False) if snapshot.present() else ():  # a dropped table: empty
                 spool.add([u for u in chunk if "\n" not in u])
             mark = snapshot.load(spool.sorted())
         finally:

@@ -25,9 +25,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from reconciler.common.actions import Action
 from reconciler.common.errors import SnapshotError, SnapshotMoved, short_message
 from reconciler.common.urls import BadUrl
+from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.snapshots.tables import grant_hint, marks_table, snapshot_table, table_name, uid_hash
 from reconciler.sources.reading import read_only
 from reconciler.state.database import decode, encode
+from reconciler.state.keys import split_key
 from reconciler.state.records import SnapshotMark
 
 EMPTY = SnapshotMark(0, 0, 0)  # a snapshot this state has not made yet: nothing in it counts
@@ -145,19 +147,39 @@ class Snapshot:
         if found is None:
             raise SnapshotError(f"{self.location.shown}: its mark is missing from {self.location.schema}.{self.marks.name} "
                                 "(dropped, or the connection now reaches another database); the members cannot be "
-                                "told: put the snapshot back (then `cohortsync state adopt`)")
+                                f"told: put the snapshot back (then `{self.adopt_command}`)")
         if found.state_id != self.state_id:
             raise SnapshotError(f"{self.location.shown} is written by another cohortsync state database "
                                 f"({found.state_id[:8]}…), not this one ({self.state_id[:8]}…): two states must "
                                 "never write one snapshot")
-        mark = _expected(found, known, pending, self.location)
+        mark = _expected(found, known, pending, self.location, self.adopt_command)
+        if not self.exists(conn):
+            raise SnapshotError(f"{self.location.shown} is gone while its mark is still there (the table was dropped): "
+                                f"no diff is made without it; `{self.adopt_command}` starts it again empty, then "
+                                f"`{self.adopt_command.replace('state adopt', 'apply --resync')}` sends every member again")
         rows, total = self.measure(conn)
         if (rows, total) != (mark.count, mark.checksum):
             raise SnapshotError(f"{self.location.shown} holds {rows:,} rows (checksum {total}) where its mark says "
                                 f"{mark.count:,} (checksum {mark.checksum}): it was edited by hand or half-written, so "
-                                "no diff is made against it; if the table is as it should be, `cohortsync state adopt` "
+                                f"no diff is made against it; if the table is as it should be, `{self.adopt_command}` "
                                 "takes it, then `apply --resync`")
         return Trusted(mark, found if mark != known else None)
+
+    @property
+    def adopt_command(self) -> str:
+        """The command that takes this snapshot as it stands, as an error tells it."""
+        workspace, cohort_id = split_key(self.key)
+        return f"cohortsync state adopt --cohort {cohort_id}" + ("" if workspace == DEFAULT_WORKSPACE
+                                                                  else f" --workspace {workspace}")
+
+    def exists(self, conn: sa.Connection) -> bool:
+        """Whether the snapshot's table is there (its mark may outlive it: a table dropped by hand)."""
+        return sa.inspect(conn).has_table(self.location.table, schema=self.location.schema)
+
+    def present(self) -> bool:
+        """`exists`, on a connection of its own."""
+        with self._errors("read"), self.engine.connect() as conn:
+            return self.exists(conn)
 
     def measure(self, conn: sa.Connection) -> tuple[int, int]:
         """(rows, SUM(h)) of the snapshot table: plain SQL on any dialect."""
@@ -319,7 +341,8 @@ class Snapshot:
             raise SnapshotError(f"cannot {doing} the snapshot {self.location.shown}: {message}{hint}") from exc
 
 
-def _expected(found: Found, known: SnapshotMark, pending: Callable[[], set[str]], location: Location) -> SnapshotMark:
+def _expected(found: Found, known: SnapshotMark, pending: Callable[[], set[str]], location: Location,
+              adopt: str) -> SnapshotMark:
     """Which mark the rows must match: this state's, or the warehouse's when it is one write ahead of it
     and every uid of that write is still pending here."""
     if found.mark.generation == known.generation:
@@ -333,7 +356,7 @@ def _expected(found: Found, known: SnapshotMark, pending: Callable[[], set[str]]
         return found.mark
     raise SnapshotError(f"{location.shown} is at generation {found.mark.generation}, this state expects "
                         f"{known.generation}: restored from a backup, or written past this state; no diff is made "
-                        "against it (`cohortsync state adopt` takes it as it stands, then `apply --resync`)")
+                        f"against it (`{adopt}` takes it as it stands, then `apply --resync`)")
 
 
 def _denied(message: str) -> bool:
