@@ -215,11 +215,13 @@ def test_moving_in_and_out_keeps_every_member_and_sends_nothing(repo, emulator, 
     connect(repo, wh)
     code, out, _ = repo.run(capsys, "state", "move", "--dry-run")
     assert "buyers: 1,000 members would move from the local state to the warehouse snapshot" in out
+    before, _ = record(repo, "buyers")
     assert record(repo, "buyers")[1] == 1000, "a dry run moves nothing"
     code, out, _ = repo.run(capsys, "state", "move")
     assert code == 0 and "1,000 members moved from the local state to the warehouse snapshot wh/" in out, out
     kept, here = record(repo, "buyers")
     assert kept.snapshot and here == 0 and wh.members("buyers") == set(UIDS)
+    assert kept.last_run_at == before.last_run_at, "a move is no run: status keeps the last one"
     code, out, _ = repo.run(capsys, "state", "check")
     assert code == 0, out
     wh.execute("DELETE FROM users WHERE uid = 'u00000'")

@@ -232,9 +232,11 @@ class StateStore(Database):
                 conn.execute(batches.delete().where(batches.c.id == batch_id))
             bump_state_version(conn)
 
-    def _mark(self, conn: sa.Connection, cohort_id: str, mark: SnapshotMark) -> None:
+    def _mark(self, conn: sa.Connection, cohort_id: str, mark: SnapshotMark, ran: bool = True) -> None:
+        """Record the snapshot's mark; `ran` False for a move, which is no run (`status` keeps its last run)."""
+        values = {"synced_count": mark.count, "snapshot_gen": mark.generation, "snapshot_sum": mark.checksum}
         conn.execute(cohorts.update().where(cohorts.c.id == cohort_id).values(
-            synced_count=mark.count, snapshot_gen=mark.generation, snapshot_sum=mark.checksum, last_run_at=time.time()))
+            **values, **({"last_run_at": time.time()} if ran else {})))
 
     def adopt_snapshot(self, cohort_id: str, mark: SnapshotMark, action: Action, uids: list[str],
                        note: ChangeNote | None = None, fence: Fence | None = None) -> None:
@@ -255,7 +257,7 @@ class StateStore(Database):
             self._ensure_cohort(conn, cohort)
             conn.execute(members.delete().where(members.c.cohort_id == cohort.key))
             conn.execute(cohorts.update().where(cohorts.c.id == cohort.key).values(snapshot=location))
-            self._mark(conn, cohort.key, mark)
+            self._mark(conn, cohort.key, mark, ran=False)
             bump_state_version(conn)
 
     def keep_members_here(self, cohort: Cohort, chunks: Iterable[list[str]], fence: Fence | None = None) -> int:
