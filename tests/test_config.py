@@ -216,8 +216,9 @@ def test_a_connection_with_snapshots_is_checked_key_by_key(tmp_path, connection,
 def test_duckdb_and_sqlite_urls_are_taken_from_the_config_folder(tmp_path):
     s = load_settings(write(tmp_path, "connections:\n  files: {url: 'duckdb:///wh.duckdb', snapshots: cs}\n"
                                       "  lite: sqlite:///lite.db\n  mem: 'duckdb:///:memory:'\n"
-                                      "  abs: 'duckdb:////srv/wh.duckdb'\n"), env={})
+                                      "  abs: 'duckdb:////srv/wh.duckdb'\n  drv: 'sqlite+pysqlite:///drv.db'\n"), env={})
     urls = {name: c.url.reveal() for name, c in s.connections.items()}
     assert urls == {"files": f"duckdb:///{tmp_path}/wh.duckdb", "lite": f"sqlite:///{tmp_path}/lite.db",
-                    "mem": "duckdb:///:memory:", "abs": "duckdb:////srv/wh.duckdb"}
+                    "mem": "duckdb:///:memory:", "abs": "duckdb:////srv/wh.duckdb",
+                    "drv": f"sqlite+pysqlite:///{tmp_path}/drv.db"}
     assert s.connections["files"].snapshots == "cs"

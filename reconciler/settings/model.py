@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.common.quoting import shown
-from reconciler.settings.values import FILE_DATABASES, RateLimit, Secret, file_url_relative_to, parse_duration  # importable here too
+from reconciler.settings.values import RateLimit, Secret, file_database, file_url_relative_to, parse_duration  # importable here too
 
 def _flag(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
@@ -65,8 +65,7 @@ def _url(value: Any, base: Path | None) -> str:
     return str(value) if base is None else file_url_relative_to(str(value), base)
 
 
-_FILE_URL = re.compile(rf"^({'|'.join(FILE_DATABASES)})(?:\+\w+)?://(?:/([^?]*))?")  # its database: the file's path
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # written unquoted alike on every dialect (no case folding)
+IN_MEMORY_EXAMPLE = {"sqlite": "sqlite:///warehouse.db", "duckdb": "duckdb:///warehouse.duckdb"}
 
 
 @dataclass(frozen=True)
@@ -79,19 +78,13 @@ class ConnectionSettings:
 
 
 def _connection(name: str, value: Any, base: Path | None) -> ConnectionSettings | None:
-    """A URL string, or a mapping {url, snapshots}; None for an empty one (an unset ${VAR})."""
+    """A URL string, or a mapping {url, snapshots} (its keys and the schema's name checked by
+    config.schema.json); None for an empty one (an unset ${VAR})."""
     if not isinstance(value, dict):
         return ConnectionSettings(Secret(_url(value, base))) if value else None
-    unknown = sorted(set(map(str, value)) - {"url", "snapshots"})
-    if unknown:
-        raise ValueError(f"connections.{name}: unknown key {shown(unknown[0])}: a connection has `url` and `snapshots`")
-    snapshots = value.get("snapshots")
-    if snapshots is not None and not _SCHEMA_NAME.match(str(snapshots)):
-        raise ValueError(f"connections.{name}.snapshots: {shown(snapshots)} is not a schema name cohortsync takes: "
-                         "use lower-case letters, digits and _ (at most 63), not starting with a digit")
     if not value.get("url"):
         return None
-    url = _url(value["url"], base)
+    url, snapshots = _url(value["url"], base), value.get("snapshots")
     if snapshots is not None:
         _check_snapshot_place(name, url, str(snapshots))
     return ConnectionSettings(Secret(url), str(snapshots) if snapshots is not None else None)
@@ -100,14 +93,13 @@ def _connection(name: str, value: Any, base: Path | None) -> ConnectionSettings 
 def _check_snapshot_place(name: str, url: str, schema: str) -> None:
     """Refuse, before any run, a place no snapshot could be kept: a database in memory, or on SQLite a
     schema other than `main` (the only one a file has, and an attached file is not one we create)."""
-    parts = _FILE_URL.match(url)
-    if parts is None:
+    found = file_database(url)
+    if found is None:
         return
-    kind, path = parts.groups()
-    if not path or path == ":memory:":
+    kind, path = found
+    if path in ("", ":memory:"):
         raise ValueError(f"connections.{name}.snapshots: a {kind} database in memory keeps no snapshot from one run to "
-                         "the next: give the connection a file (`url: " + kind + ":///warehouse." + ("db" if kind == "sqlite"
-                                                                                                    else "duckdb") + "`)")
+                         f"the next: give the connection a file (`url: {IN_MEMORY_EXAMPLE[kind]}`)")
     if kind == "sqlite" and schema != "main":
         raise ValueError(f"connections.{name}.snapshots: SQLite keeps its tables in the schema `main`: write "
                          "`snapshots: main`")

@@ -73,12 +73,22 @@ class RateLimit:
 
 
 FILE_DATABASES = ("sqlite", "duckdb")  # URLs whose database is a file path: `sqlite:///relative.db`
+_FILE_URL = re.compile(rf"^((?:{'|'.join(FILE_DATABASES)})(?:\+\w+)?://)(/?)(.*)$", re.DOTALL)
+
+
+def file_database(url: str) -> tuple[str, str] | None:
+    """(kind, path) of a SQLite or DuckDB URL, the path '' or ':memory:' for a database in memory; None
+    for a URL of any other database."""
+    found = _FILE_URL.match(url)
+    if found is None:
+        return None
+    return found.group(1).split("+")[0].split(":")[0], found.group(3).split("?")[0] if found.group(2) else ""
 
 
 def file_url_relative_to(url: str, base: Path) -> str:
     """Relative SQLite and DuckDB paths are taken from the config file's folder, not the working directory."""
-    for name in FILE_DATABASES:
-        prefix = f"{name}:///"
-        if url.startswith(prefix) and not url.startswith(prefix + "/") and url[len(prefix):].split("?")[0] not in ("", ":memory:"):
-            return prefix + str(base / url[len(prefix):])
-    return url
+    found = file_database(url)
+    if found is None or found[1] in ("", ":memory:") or found[1].startswith("/"):
+        return url
+    prefix = url[:url.index("://") + 4]  # through the third slash; the relative path follows it
+    return prefix + str(base / url[len(prefix):])
