@@ -18,12 +18,12 @@ from reconciler.common.errors import LeaseLost, StateError
 from reconciler.running.reconciling import load_checked
 from reconciler.running.selection import Selection, Target
 from reconciler.settings.config import load_settings
-from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.snapshots.moving import Mover
 from reconciler.snapshots.placement import LOCAL, Snapshots
 from reconciler.snapshots.snapshot import Location
 from reconciler.sources.reading import Engines
 from reconciler.state.fencing import Fence
+from reconciler.state.keys import sync_key
 from reconciler.state.records import Cohort
 
 
@@ -72,7 +72,7 @@ def _report(rows: list[dict[str, Any]], form: str) -> int:
         print(json.dumps({"format_version": 1, "cohorts": rows}, indent=2))
         return EXIT_FAILED if failed else EXIT_OK
     for r in rows:
-        where = r["cohort"] if r["workspace"] == DEFAULT_WORKSPACE else f"{r['workspace']}:{r['cohort']}"
+        where = sync_key(r["workspace"], r["cohort"])
         if r["result"] == "stays":
             print(f"{where}: {r['members']:,} members stay in {_place(r['from'])}")
         elif r["result"] == "failed":
@@ -101,8 +101,7 @@ def state_adopt(args: argparse.Namespace) -> int:
         with opened(settings) as state, writing(state, settings, specs, selection) as fences:
             mover = Mover(state, Snapshots(state, engines, settings.statement_timeout))
             for target in selection.targets(specs, state.cohorts()):
-                record, where = target.record, target.workspace
-                name = target.cohort if where == DEFAULT_WORKSPACE else f"{where}:{target.cohort}"
+                record, name = target.record, target.key
                 if record is None or not record.snapshot:
                     print(f"{name}: its members are not kept in a warehouse snapshot: nothing to adopt")
                     continue
@@ -115,7 +114,7 @@ def state_adopt(args: argparse.Namespace) -> int:
                     continue
                 adopted += 1
                 print(f"{name}: {keeping.mark.count:,} members adopted from {keeping.snapshot.location.shown}; MoEngage "
-                      f"may differ from them: `cohortsync apply --resync --cohort {target.cohort}` makes it match")
+                      f"may differ from them: `{keeping.snapshot.command('apply --resync')}` makes it match")
     finally:
         engines.close()
     return EXIT_FAILED if failed or not adopted else EXIT_OK

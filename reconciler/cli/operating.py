@@ -17,14 +17,13 @@ from reconciler.common.errors import CohortSyncError
 from reconciler.notify.events import sample_event
 from reconciler.notify.sending import DeliveryFailed, deliver, label
 from reconciler.settings.config import load_settings
-from reconciler.settings.model import DEFAULT_WORKSPACE
 from reconciler.snapshots.checking import check_snapshots
 from reconciler.snapshots.placement import Snapshots
 from reconciler.sources.reading import Engines
 from reconciler.state.checking import check_state
 from reconciler.state.copying import copy_state
 from reconciler.state.database import make_engine
-from reconciler.state.keys import split_key
+from reconciler.state.keys import split_key, sync_key
 from reconciler.state.records import ChangeEntry
 from reconciler.state.store import StateStore
 
@@ -98,7 +97,7 @@ def members(args: argparse.Namespace) -> int:
                                                      if any(now.values()) else ""))
         return EXIT_OK
     for r in rows:
-        where = r["cohort"] if r["workspace"] == DEFAULT_WORKSPACE else f"{r['workspace']}:{r['cohort']}"
+        where = sync_key(r["workspace"], r["cohort"])
         print(f"{r['at']}  {where:<24}  {r['event']:<40}  run {r['run_id'] or '-'}  spec {(r['spec_digest'] or '-')[:12]}")
     print("member now of: " + (", ".join(c for c in now if now[c]) or "none"))
     return EXIT_OK

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 
 from reconciler.settings.config import load_settings
-from reconciler.settings.model import DEFAULT_WORKSPACE
+from reconciler.state.keys import sync_key
 from reconciler.state.store import StateStore
 
 EXIT_OK = 0
@@ -46,7 +46,7 @@ def refused_text(rows: list[dict]) -> str:
 
 
 def _name(row: dict) -> str:
-    return row["cohort"] if row["workspace"] == DEFAULT_WORKSPACE else f"{row['workspace']}:{row['cohort']}"
+    return sync_key(row["workspace"], row["cohort"])  # `workspace:cohort` outside the default workspace
 
 
 def _when(ts: float) -> str:

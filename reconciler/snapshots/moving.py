@@ -70,7 +70,6 @@ class Mover:
         drop_quietly(keeping.snapshot)
         return count
 
-
     def adopt(self, cohort: Cohort, location: Location, fence: Fence | None = None) -> Keeping:
         """Take a snapshot as it stands (restored from a backup, or edited on purpose), which no plan trusts
         any more: its uids are read out, written back with their hashes at new generations, and recorded.

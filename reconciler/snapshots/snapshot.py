@@ -147,30 +147,30 @@ class Snapshot:
         if found is None:
             raise SnapshotError(f"{self.location.shown}: its mark is missing from {self.location.schema}.{self.marks.name} "
                                 "(dropped, or the connection now reaches another database); the members cannot be "
-                                f"told: put the snapshot back (then `{self.adopt_command}`)")
+                                f"told: put the snapshot back (then `{self.command('state adopt')}`)")
         if found.state_id != self.state_id:
             raise SnapshotError(f"{self.location.shown} is written by another cohortsync state database "
                                 f"({found.state_id[:8]}…), not this one ({self.state_id[:8]}…): two states must "
                                 "never write one snapshot")
-        mark = _expected(found, known, pending, self.location, self.adopt_command)
+        mark = _expected(found, known, pending, self.location, self.command("state adopt"))
         if not self.exists(conn):
             raise SnapshotError(f"{self.location.shown} is gone while its mark is still there (the table was dropped): "
-                                f"no diff is made without it; `{self.adopt_command}` starts it again empty, then "
-                                f"`{self.adopt_command.replace('state adopt', 'apply --resync')}` sends every member again")
+                                f"no diff is made without it; `{self.command('state adopt')}` starts it again empty, "
+                                f"then `{self.command('apply --resync')}` sends every member again")
         rows, total = self.measure(conn)
         if (rows, total) != (mark.count, mark.checksum):
             raise SnapshotError(f"{self.location.shown} holds {rows:,} rows (checksum {total}) where its mark says "
                                 f"{mark.count:,} (checksum {mark.checksum}): it was edited by hand or half-written, so "
-                                f"no diff is made against it; if the table is as it should be, `{self.adopt_command}` "
+                                f"no diff is made against it; if the table is as it should be, `{self.command('state adopt')}` "
                                 "takes it, then `apply --resync`")
         return Trusted(mark, found if mark != known else None)
 
-    @property
-    def adopt_command(self) -> str:
-        """The command that takes this snapshot as it stands, as an error tells it."""
+    def command(self, action: str) -> str:
+        """A cohortsync command on this snapshot's cohort (`state adopt`, `apply --resync`), as a message
+        tells it: its --cohort, and its --workspace outside the default one."""
         workspace, cohort_id = split_key(self.key)
-        return f"cohortsync state adopt --cohort {cohort_id}" + ("" if workspace == DEFAULT_WORKSPACE
-                                                                  else f" --workspace {workspace}")
+        return f"cohortsync {action} --cohort {cohort_id}" + ("" if workspace == DEFAULT_WORKSPACE
+                                                               else f" --workspace {workspace}")
 
     def exists(self, conn: sa.Connection) -> bool:
         """Whether the snapshot's table is there (its mark may outlive it: a table dropped by hand)."""
