@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from reconciler.common.errors import StateError
 from reconciler.snapshots.placement import Snapshots
+from reconciler.snapshots.snapshot import Location
 from reconciler.snapshots.tables import marks_table
 
 
@@ -55,7 +56,8 @@ def _left_behind(snapshots: Snapshots, in_use: set[str | None]) -> list[str]:
             notes.append(f"connection {name!r}: its snapshots schema could not be listed ({type(exc).__name__})")
             continue
         for key, table in rows:
-            if f"{name}/{connection.snapshots}/{table}" not in in_use:
-                notes.append(f"{connection.snapshots}.{table} on connection {name!r} (cohort {key}) is no cohort's "
-                             "snapshot any more: safe to drop, with its row in cohortsync_snapshots")
+            location = Location(name, connection.snapshots, table)
+            if str(location) not in in_use:
+                notes.append(f"{location.shown} (cohort {key}) is no cohort's snapshot any more: safe to drop, with "
+                             "its row in cohortsync_snapshots")
     return notes
