@@ -20,6 +20,7 @@ from reconciler.running import render
 from reconciler.settings.config import load_settings, require_credentials
 from reconciler.common.errors import CohortSyncError
 from reconciler.common.statuses import Status
+from reconciler.common.threads import interrupt
 from reconciler.state.cohortleases import held_cohorts
 from reconciler.state.leases import COHORT, REPLICA, held, lease_table
 from reconciler.planning.plans import BLOCKED, ERROR
@@ -181,7 +182,7 @@ def stopping_on_signals(stop: threading.Event) -> Iterator[None]:
 
     def handler(signum: int, _frame: object) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            interrupt()  # noted, as the CLI's own handler does (common/threads.py)
         stop.set()
         print(f"{signal.Signals(signum).name}: stopping after the batch in flight (again to stop at once)",
               file=sys.stderr)

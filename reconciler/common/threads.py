@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import NoReturn
 
 QUIET = {signal.SIGINT, signal.SIGTERM}
 interrupted = threading.Event()  # Ctrl-C came (the CLI's handler): a read waiting for data raises it again
@@ -39,10 +40,15 @@ def starting_quiet_threads() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def on_interrupt(signum: int, frame: FrameType | None) -> None:
-    """The CLI's SIGINT handler: Python's own KeyboardInterrupt, noted as well in case it is lost."""
+def interrupt() -> NoReturn:
+    """KeyboardInterrupt, noted first in case it is lost: what every SIGINT handler that stops at once raises."""
     interrupted.set()
     raise KeyboardInterrupt
+
+
+def on_interrupt(signum: int, frame: FrameType | None) -> None:
+    """The CLI's SIGINT handler: Python's own KeyboardInterrupt, noted as well."""
+    interrupt()
 
 
 @contextmanager
