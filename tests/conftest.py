@@ -79,7 +79,8 @@ def postgres_ready() -> None:
 
 @pytest.fixture
 def postgres_schema(postgres_ready: None) -> Iterator[str]:
-    """A URL whose search_path is a fresh schema, dropped afterwards: tests run in parallel."""
+    """A URL whose search_path is a fresh schema, dropped afterwards (with `<schema>_snap`, where a test
+    keeps warehouse snapshots): tests run in parallel."""
     import uuid
 
     import sqlalchemy as sa
@@ -92,6 +93,7 @@ def postgres_schema(postgres_ready: None) -> Iterator[str]:
     finally:
         with engine.connect() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}_snap" CASCADE')
         engine.dispose()
 
 
@@ -100,7 +102,8 @@ MARIADB_URL = os.environ.get("COHORTSYNC_TEST_MARIADB", "mysql+pymysql://root@12
 
 @pytest.fixture
 def mariadb_database() -> Iterator[str]:
-    """A URL to a fresh MariaDB/MySQL database, dropped afterwards; skips when no server answers (fails in CI)."""
+    """A URL to a fresh MariaDB/MySQL database, dropped afterwards (with `<name>_snap`, where a test keeps
+    warehouse snapshots); skips when no server answers (fails in CI)."""
     import uuid
 
     import sqlalchemy as sa
@@ -116,6 +119,7 @@ def mariadb_database() -> Iterator[str]:
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"DROP DATABASE `{name}`")
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}_snap`")
         engine.dispose()
 
 

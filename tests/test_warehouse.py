@@ -24,7 +24,7 @@ from reconciler.snapshots.snapshot import Snapshot
 from reconciler.snapshots.tables import table_name
 from reconciler.sources.reading import Engines
 from reconciler.state.store import StateStore
-from tests.conftest import MARIADB_URL, postgres_url, skip_or_fail
+from tests.conftest import postgres_url
 from tests.helpers import Repo
 
 UIDS = [f"u{i:05d}" for i in range(1000)]
@@ -57,57 +57,21 @@ class Warehouse:
         return {row[0] for row in self.execute(f"SELECT uid FROM {self.snapshot(cohort)}")}
 
 
-def _postgres() -> Iterator[Warehouse]:
-    base = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
-    name = f"w_{uuid.uuid4().hex[:10]}"
-    try:
-        with base.connect() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {name}")
-    except sa.exc.OperationalError as exc:
-        skip_or_fail(f"PostgreSQL not reachable at {postgres_url()}: {type(exc).__name__}", "POSTGRES")
-    url = f"{postgres_url()}?options=-csearch_path%3D{name}"
-    engine = sa.create_engine(url)
-    try:
-        yield Warehouse(url, f"{name}_snap", engine)
-    finally:
-        engine.dispose()
-        with base.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name}_snap CASCADE")
-        base.dispose()
-
-
-def _mariadb() -> Iterator[Warehouse]:
-    name = f"w_{uuid.uuid4().hex[:10]}"
-    try:
-        base = sa.create_engine(MARIADB_URL)
-        with base.begin() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    except Exception as exc:  # no server, no driver
-        skip_or_fail(f"MariaDB/MySQL not reachable at {MARIADB_URL}: {type(exc).__name__}", "MARIADB")
-    url = MARIADB_URL.rsplit("/", 1)[0] + f"/{name}"
-    engine = sa.create_engine(url)
-    try:
-        yield Warehouse(url, f"{name}_snap", engine)
-    finally:
-        engine.dispose()
-        with base.begin() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}_snap")
-        base.dispose()
-
-
 @pytest.fixture(params=["sqlite", "duckdb", pytest.param("postgresql", marks=pytest.mark.postgres), "mariadb"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    """A warehouse of each dialect; on a server, a fresh schema (database) with its snapshots in `<it>_snap`."""
     if request.param == "postgresql":
-        yield from _postgres()
+        url = request.getfixturevalue("postgres_schema")
+        schema, engine = url.rsplit("%3D", 1)[1] + "_snap", sa.create_engine(url)
     elif request.param == "mariadb":
-        yield from _mariadb()
+        url = request.getfixturevalue("mariadb_database")
+        schema, engine = url.rsplit("/", 1)[1] + "_snap", sa.create_engine(url)
     else:
         url = f"sqlite:///{tmp_path / 'wh.db'}" if request.param == "sqlite" else f"duckdb:///{tmp_path / 'wh.duckdb'}"
+        schema = "main" if request.param == "sqlite" else "cohortsync"
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)  # DuckDB: one process holds the file at a time
-        yield Warehouse(url, "main" if request.param == "sqlite" else "cohortsync", engine)
-        engine.dispose()
+    yield Warehouse(url, schema, engine)
+    engine.dispose()  # before the schema's fixture drops it
 
 
 def connect(repo: Repo, wh: Warehouse, snapshots: bool = True) -> None:
